@@ -1,0 +1,64 @@
+"""Settings, read once from environment variables and validated at start."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Annotated, Literal
+
+import msgspec
+
+log = logging.getLogger("exchange.config")
+
+# Allowed only outside production, and then with a loud warning: anyone who knows it can
+# forge tokens.
+DEV_JWT_SECRET = "dev-only-insecure-secret-change-me-0123456789"
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Every setting, its environment variable (upper-case name) and its default."""
+
+    exchange_env: Literal["development", "production"] = "development"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    db_pool_min_size: Annotated[int, msgspec.Meta(ge=1, le=100)] = 2
+    db_pool_max_size: Annotated[int, msgspec.Meta(ge=1, le=200)] = 10
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Every Redis key this deployment writes starts with this (tests use their own).
+    redis_prefix: Annotated[str, msgspec.Meta(max_length=64)] = "exchange:"
+    binance_url: str = "https://api.binance.com"
+    jwt_secret: Annotated[str, msgspec.Meta(min_length=32)] = DEV_JWT_SECRET
+    jwt_ttl_seconds: Annotated[int, msgspec.Meta(ge=60, le=86_400)] = 3600
+    # bcrypt cost; tests lower it to keep the suite fast.
+    bcrypt_rounds: Annotated[int, msgspec.Meta(ge=4, le=16)] = 12
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
+    # 0 means one worker per core.
+    workers: Annotated[int, msgspec.Meta(ge=0, le=64)] = 0
+    # Request bodies above this many bytes are refused with 413.
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=10_000_000)] = 65_536
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+def settings_from_env(environ: dict[str, str] | None = None, **overrides: object) -> Settings:
+    """Build Settings from `NAME` environment variables; refuse bad values at start."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for field in msgspec.structs.fields(Settings):
+        raw = environ.get(field.name.upper())
+        if raw is not None and raw != "":
+            values[field.name] = raw
+    values.update(overrides)
+    try:
+        settings = msgspec.convert(values, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SystemExit(f"invalid configuration: {exc}") from None
+    if settings.db_pool_min_size > settings.db_pool_max_size:
+        raise SystemExit("invalid configuration: DB_POOL_MIN_SIZE is above DB_POOL_MAX_SIZE")
+    if settings.jwt_secret == DEV_JWT_SECRET:
+        if settings.exchange_env == "production":
+            raise SystemExit("JWT_SECRET must be set in production (EXCHANGE_ENV=production)")
+        log.warning(
+            "JWT_SECRET is not set: using the development default. Anyone can forge "
+            "tokens for this server. Set JWT_SECRET (32+ characters) before exposing it."
+        )
+    return settings

@@ -1,0 +1,104 @@
+"""The asyncpg pool and the migration runner."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import asyncpg
+import msgspec
+
+from exchange.config import Settings
+from exchange.queries import SQL_DIR
+
+log = logging.getLogger("exchange.db")
+
+# Every table, view and function lives in this schema.
+SCHEMA = "exchange"
+MIGRATIONS_DIR = SQL_DIR / "migrations"
+# pg_advisory_lock key: two processes starting together apply migrations one at a time.
+MIGRATION_LOCK_KEY = 0x65786368  # "exch"
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            name,
+            schema="pg_catalog",
+            encoder=lambda value: msgspec.json.encode(value).decode(),
+            decoder=msgspec.json.decode,
+        )
+
+
+async def create_pool(settings: Settings) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        settings.database_url,
+        min_size=settings.db_pool_min_size,
+        max_size=settings.db_pool_max_size,
+        server_settings={"search_path": SCHEMA, "application_name": "exchange"},
+        init=_init_connection,
+    )
+
+
+def migration_files(directory: Path = MIGRATIONS_DIR) -> list[Path]:
+    """NNN_name.sql files, in order."""
+    files = sorted(directory.glob("[0-9][0-9][0-9]_*.sql"))
+    versions = [path.stem[:3] for path in files]
+    if len(set(versions)) != len(versions):
+        raise RuntimeError(f"two migrations share a number in {directory}")
+    return files
+
+
+async def migrate(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Apply pending migrations, each once and in its own transaction; return their names.
+
+    Holds an advisory lock for the whole run, so concurrent starters wait, then find
+    nothing left to do.
+    """
+    conn = await asyncpg.connect(database_url, server_settings={"application_name": "exchange-migrate"})
+    applied_now: list[str] = []
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+        try:
+            await conn.execute(
+                f"""
+                CREATE SCHEMA IF NOT EXISTS {SCHEMA};
+                SET search_path = {SCHEMA};
+                CREATE TABLE IF NOT EXISTS schema_migrations (
+                    version     text PRIMARY KEY,
+                    applied_at  timestamptz NOT NULL DEFAULT now()
+                );
+                """
+            )
+            await _default_search_path(conn)
+            applied = {row["version"] for row in await conn.fetch("SELECT version FROM schema_migrations")}
+            for path in migration_files(directory):
+                if path.stem in applied:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(path.read_text())
+                    await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", path.stem)
+                log.info("applied migration %s", path.stem)
+                applied_now.append(path.stem)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+    finally:
+        await conn.close()
+    return applied_now
+
+
+async def _default_search_path(conn: asyncpg.Connection) -> None:
+    """Make psql sessions on this database find the schema, so a DBA can paste any
+    sql/queries file as it stands. Needs ownership of the database; optional."""
+    try:
+        await conn.execute(
+            f"""
+            DO $$
+            BEGIN
+                EXECUTE format('ALTER DATABASE %I SET search_path = {SCHEMA}, public', current_database());
+            END
+            $$;
+            """
+        )
+    except asyncpg.InsufficientPrivilegeError:
+        log.warning("cannot set the database's default search_path; run SET search_path = %s in psql", SCHEMA)

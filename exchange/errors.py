@@ -1,0 +1,178 @@
+"""One error shape for every failure: {"error": {"code", "message", "details"}}.
+
+Codes are stable and machine-readable; clients branch on `code`, never on `message`.
+Every SQLSTATE a money function raises (class EX, see sql/migrations) maps to one code.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import asyncpg
+import msgspec
+import redis.exceptions
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.types import ExceptionHandlersMap
+
+log = logging.getLogger("exchange.errors")
+
+
+class ExchangeError(Exception):
+    """A failure the client can act on: a stable code, an HTTP status, a message."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        status: int,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+        self.details = details
+        self.headers = headers
+
+
+class ErrorDetail(msgspec.Struct, omit_defaults=True):
+    code: str
+    message: str
+    details: dict[str, Any] | None = None
+
+
+class ErrorBody(msgspec.Struct):
+    """The body of every error response (documented in the OpenAPI schema)."""
+
+    error: ErrorDetail
+
+
+# SQLSTATEs raised by the PL/pgSQL money functions -> (code, HTTP status).
+SQLSTATE_ERRORS: dict[str, tuple[str, int]] = {
+    "EX001": ("invalid_amount", 422),
+    "EX002": ("too_many_decimals", 422),
+    "EX003": ("unknown_asset", 404),
+    "EX004": ("insufficient_funds", 409),
+    "EX005": ("idempotency_key_reused", 422),
+}
+
+# Unique constraints whose violation is the client's doing -> (code, status, message).
+UNIQUE_ERRORS: dict[str, tuple[str, int, str]] = {
+    "users_email_key": ("email_taken", 409, "an account with this email already exists"),
+    "transactions_user_key": (
+        "idempotency_key_reused",
+        422,
+        "this Idempotency-Key was used for a different request",
+    ),
+}
+
+# Litestar's own HTTP errors (routing, parsing, guards) -> stable codes.
+STATUS_CODES: dict[int, str] = {
+    400: "validation_error",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+    503: "service_unavailable",
+}
+
+# The database or Redis cannot be reached: the client may retry later.
+UNAVAILABLE_ERRORS = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+
+
+def error_response(
+    code: str,
+    message: str,
+    status: int,
+    details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[ErrorBody]:
+    body = ErrorBody(ErrorDetail(code=code, message=message, details=details))
+    return Response(body, status_code=status, headers=headers)
+
+
+def from_exchange_error(_: Request, exc: ExchangeError) -> Response[ErrorBody]:
+    return error_response(exc.code, exc.message, exc.status, exc.details, exc.headers)
+
+
+def from_http_exception(_: Request, exc: HTTPException) -> Response[ErrorBody]:
+    status = exc.status_code
+    code = STATUS_CODES.get(status, "http_error" if status < 500 else "internal_error")
+    details: dict[str, Any] | None = None
+    if isinstance(exc, ValidationException) and exc.extra:
+        # msgspec names the field: "Expected `str`, got `int` - at `$.email`".
+        details = {"errors": exc.extra}
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    message = exc.detail if status < 500 else "internal error"
+    return error_response(code, message, status, details, headers)
+
+
+def from_postgres_error(_: Request, exc: asyncpg.PostgresError) -> Response[ErrorBody]:
+    sqlstate = exc.sqlstate or ""
+    if sqlstate in SQLSTATE_ERRORS:
+        code, status = SQLSTATE_ERRORS[sqlstate]
+        return error_response(code, exc.message, status, _json_details(exc.detail))
+    constraint = getattr(exc, "constraint_name", None)
+    if sqlstate == "23505" and constraint in UNIQUE_ERRORS:
+        code, status, message = UNIQUE_ERRORS[constraint]
+        return error_response(code, message, status)
+    if isinstance(exc, UNAVAILABLE_ERRORS) or sqlstate.startswith(("08", "53", "57P")):
+        return unavailable()
+    log.error("unexpected database error %s", sqlstate, exc_info=exc)
+    return error_response("internal_error", "internal error", 500)
+
+
+def from_unavailable(_: Request, exc: Exception) -> Response[ErrorBody]:
+    log.warning("dependency unavailable: %s", type(exc).__name__)
+    return unavailable()
+
+
+def from_unexpected(_: Request, exc: Exception) -> Response[ErrorBody]:
+    log.error("unhandled error", exc_info=exc)
+    return error_response("internal_error", "internal error", 500)
+
+
+def unavailable() -> Response[ErrorBody]:
+    return error_response(
+        "service_unavailable",
+        "a backing service is unavailable; retry shortly",
+        503,
+        headers={"Retry-After": "1"},
+    )
+
+
+def _json_details(detail: str | None) -> dict[str, Any] | None:
+    if not detail:
+        return None
+    try:
+        value = msgspec.json.decode(detail)
+    except msgspec.DecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def exception_handlers() -> ExceptionHandlersMap:
+    handlers: dict[Any, Any] = {
+        ExchangeError: from_exchange_error,
+        HTTPException: from_http_exception,
+        asyncpg.PostgresError: from_postgres_error,
+        Exception: from_unexpected,
+    }
+    for exc_type in UNAVAILABLE_ERRORS:
+        if not issubclass(exc_type, asyncpg.PostgresError):
+            handlers[exc_type] = from_unavailable
+    return handlers

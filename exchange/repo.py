@@ -1,0 +1,113 @@
+"""The repository: one async function per query file, returning msgspec Structs.
+
+No business rule lives here: money rules live in SQL (constraints and the PL/pgSQL
+functions), HTTP concerns in the route handlers.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from exchange.queries import Q
+from exchange.schemas import Transaction, User, Violation, Wallet
+
+Pool = asyncpg.Pool
+# Where a function also serves the CLI, a single connection does as well as the pool.
+Executor = asyncpg.Pool | asyncpg.Connection
+
+
+class Credentials(msgspec.Struct):
+    """What login needs, including the password hash; never sent to a client."""
+
+    id: int
+    email: str
+    password_hash: str
+    role: str
+    disabled: bool
+
+
+async def create_user(pool: Executor, email: str, password_hash: str, role: str = "user") -> User:
+    row = await pool.fetchrow(Q.user_create, email, password_hash, role)
+    return User(**row)
+
+
+async def credentials_by_email(pool: Pool, email: str) -> Credentials | None:
+    row = await pool.fetchrow(Q.user_by_email, email)
+    return None if row is None else Credentials(**row)
+
+
+async def user_by_id(pool: Pool, user_id: int) -> User | None:
+    row = await pool.fetchrow(Q.user_by_id, user_id)
+    return None if row is None else User(**row)
+
+
+async def set_role(pool: Executor, email: str, role: str) -> User | None:
+    row = await pool.fetchrow(Q.user_set_role, email, role)
+    return None if row is None else User(**row)
+
+
+async def wallets_for_user(pool: Pool, user_id: int) -> list[Wallet]:
+    rows = await pool.fetch(Q.wallets_for_user, user_id)
+    return [Wallet(**row) for row in rows]
+
+
+async def wallet_for_user(pool: Pool, user_id: int, asset: str) -> Wallet | None:
+    row = await pool.fetchrow(Q.wallet_for_user, user_id, asset)
+    return None if row is None else Wallet(**row)
+
+
+async def transactions_for_user(
+    pool: Pool,
+    user_id: int,
+    *,
+    before: int | None,
+    kind: str | None,
+    asset: str | None,
+    limit: int,
+) -> list[Transaction]:
+    rows = await pool.fetch(Q.transactions_for_user, user_id, before, kind, asset, limit)
+    return [_transaction(row) for row in rows]
+
+
+async def transaction_for_user(pool: Pool, transaction_id: int, user_id: int) -> Transaction | None:
+    row = await pool.fetchrow(Q.transaction_for_user, transaction_id, user_id)
+    return None if row is None else _transaction(row)
+
+
+async def deposit(
+    pool: Pool, user_id: int, asset: str, amount: Decimal, idempotency_key: str
+) -> tuple[Transaction, bool]:
+    """(transaction, replayed): replayed is True when the key was used before."""
+    row = await pool.fetchrow(Q.deposit, user_id, asset, amount, idempotency_key)
+    return _movement(row)
+
+
+async def withdraw(
+    pool: Pool, user_id: int, asset: str, amount: Decimal, idempotency_key: str
+) -> tuple[Transaction, bool]:
+    """(transaction, replayed): replayed is True when the key was used before."""
+    row = await pool.fetchrow(Q.withdraw, user_id, asset, amount, idempotency_key)
+    return _movement(row)
+
+
+async def audit(pool: Executor) -> list[Violation]:
+    rows = await pool.fetch(Q.audit)
+    return [Violation(**row) for row in rows]
+
+
+async def ping(pool: Pool) -> None:
+    await pool.fetchval(Q.ping)
+
+
+def _transaction(row: asyncpg.Record) -> Transaction:
+    return Transaction(**row)
+
+
+def _movement(row: Any) -> tuple[Transaction, bool]:
+    fields = dict(row)
+    replayed = fields.pop("replayed")
+    return Transaction(**fields), replayed

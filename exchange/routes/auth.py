@@ -1,0 +1,53 @@
+"""POST /api/v1/auth/register and POST /api/v1/auth/token (OAuth2 password flow)."""
+
+from __future__ import annotations
+
+from litestar import Response, post
+from litestar.datastructures import State
+from litestar.params import JSONBody, URLEncodedBody
+
+from exchange import repo
+from exchange.errors import ExchangeError
+from exchange.schemas import RegisterRequest, Token, TokenForm, User
+from exchange.security import check_password_rules, hash_password, issue_token, verify_password
+
+
+@post("/auth/register", status_code=201, tags=["auth"], summary="Create an account")
+async def register(data: JSONBody[RegisterRequest], state: State) -> User:
+    """Email (unique whatever its case) and a password of 8+ characters and at most
+    72 bytes in UTF-8: bcrypt reads no further, so longer passwords are refused."""
+    check_password_rules(data.password)
+    password_hash = await hash_password(data.password, state.settings.bcrypt_rounds)
+    return await repo.create_user(state.pool, data.email, password_hash)
+
+
+@post("/auth/token", status_code=200, tags=["auth"], summary="Log in (OAuth2 password flow)")
+async def token(
+    data: URLEncodedBody[TokenForm],
+    state: State,
+) -> Response[Token]:
+    """Form fields `username` (the email) and `password`; answers a bearer token."""
+    credentials = await repo.credentials_by_email(state.pool, data.username)
+    if credentials is None:
+        # Spend the same bcrypt time as for a real user: timing tells nothing.
+        await verify_password(data.password, state.dummy_password_hash)
+        raise invalid_credentials()
+    if not await verify_password(data.password, credentials.password_hash):
+        raise invalid_credentials()
+    if credentials.disabled:
+        raise ExchangeError("user_disabled", "this account is disabled", 403)
+    settings = state.settings
+    body = Token(
+        access_token=issue_token(settings, credentials.id, credentials.role),
+        expires_in=settings.jwt_ttl_seconds,
+    )
+    return Response(body, headers={"Cache-Control": "no-store"})
+
+
+def invalid_credentials() -> ExchangeError:
+    return ExchangeError(
+        "invalid_credentials",
+        "wrong email or password",
+        401,
+        headers={"WWW-Authenticate": "Bearer"},
+    )

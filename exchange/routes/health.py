@@ -1,0 +1,35 @@
+"""GET /health (the process answers) and GET /ready (PostgreSQL and Redis answer)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from litestar import Response, get
+from litestar.datastructures import State
+
+from exchange import repo
+from exchange.schemas import Health, Readiness
+
+PROBE_TIMEOUT_SECONDS = 2.0
+
+
+@get("/health", tags=["health"], summary="Liveness")
+async def health() -> Health:
+    return Health(status="ok")
+
+
+@get("/ready", tags=["health"], summary="Readiness: PostgreSQL and Redis answer")
+async def ready(state: State) -> Response[Readiness]:
+    postgres = await _probe(repo.ping(state.pool))
+    redis = await _probe(state.redis.ping())
+    ok = postgres == "ok" and redis == "ok"
+    body = Readiness(status="ready" if ok else "unavailable", postgres=postgres, redis=redis)
+    return Response(body, status_code=200 if ok else 503)
+
+
+async def _probe(check: object) -> str:
+    try:
+        await asyncio.wait_for(check, PROBE_TIMEOUT_SECONDS)  # type: ignore[arg-type]
+    except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+        return f"down ({type(exc).__name__})"
+    return "ok"

@@ -1,0 +1,47 @@
+"""GET /api/v1/transactions (keyset pages) and GET /api/v1/transactions/{id}."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Request, get
+from litestar.datastructures import State
+from litestar.params import FromPath, FromQuery, QueryParameter
+
+from exchange import repo
+from exchange.errors import ExchangeError
+from exchange.routes.wallets import asset_code
+from exchange.schemas import Transaction, TransactionKind, TransactionPage
+from exchange.security import AuthUser
+
+PAGE_SIZE_MAX = 100
+
+
+@get("/transactions", tags=["transactions"], summary="The caller's history, newest first")
+async def list_transactions(
+    request: Request[AuthUser, str, State],
+    state: State,
+    limit: Annotated[int, QueryParameter(ge=1, le=PAGE_SIZE_MAX, description="page size")] = 50,
+    before: Annotated[
+        int | None, QueryParameter(ge=1, description="`next_before` of the previous page")
+    ] = None,
+    kind: FromQuery[TransactionKind | None] = None,
+    asset: Annotated[str | None, QueryParameter(max_length=12)] = None,
+) -> TransactionPage:
+    code = None if asset is None else asset_code(asset)
+    page = await repo.transactions_for_user(
+        state.pool, request.user.id, before=before, kind=kind, asset=code, limit=limit
+    )
+    next_before = page[-1].id if len(page) == limit else None
+    return TransactionPage(transactions=page, next_before=next_before)
+
+
+@get("/transactions/{transaction_id:int}", tags=["transactions"], summary="One of the caller's transactions")
+async def get_transaction(
+    transaction_id: FromPath[int], request: Request[AuthUser, str, State], state: State
+) -> Transaction:
+    transaction = await repo.transaction_for_user(state.pool, transaction_id, request.user.id)
+    if transaction is None:
+        # Another user's transaction is answered exactly like a missing one.
+        raise ExchangeError("not_found", "no such transaction", 404)
+    return transaction

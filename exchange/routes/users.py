@@ -1,0 +1,26 @@
+"""GET /api/v1/users/me: the caller, their wallets and latest transactions."""
+
+from __future__ import annotations
+
+from litestar import Request, get
+from litestar.datastructures import State
+
+from exchange import repo
+from exchange.errors import ExchangeError
+from exchange.schemas import Me
+from exchange.security import AuthUser
+
+RECENT_TRANSACTIONS = 10
+
+
+@get("/users/me", tags=["users"], summary="The caller, with wallets and recent transactions")
+async def me(request: Request[AuthUser, str, State], state: State) -> Me:
+    user_id = request.user.id
+    user = await repo.user_by_id(state.pool, user_id)
+    if user is None:
+        raise ExchangeError("unauthorized", "the access token names no user", 401)
+    wallets = await repo.wallets_for_user(state.pool, user_id)
+    recent = await repo.transactions_for_user(
+        state.pool, user_id, before=None, kind=None, asset=None, limit=RECENT_TRANSACTIONS
+    )
+    return Me(user=user, wallets=wallets, recent_transactions=recent)

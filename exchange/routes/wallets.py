@@ -1,0 +1,89 @@
+"""Wallets: balances, deposits and withdrawals (one PL/pgSQL call each)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Annotated
+
+from litestar import Request, Response, get, post
+from litestar.datastructures import State
+from litestar.params import FromPath, HeaderParameter, JSONBody
+
+from exchange import repo
+from exchange.errors import ExchangeError
+from exchange.schemas import ASSET_PATTERN, IDEMPOTENCY_KEY_PATTERN, AmountRequest, Transaction, Wallet
+from exchange.security import AuthUser
+
+IdempotencyKey = Annotated[
+    str,
+    HeaderParameter(
+        name="Idempotency-Key",
+        pattern=IDEMPOTENCY_KEY_PATTERN,
+        description="A key of the client's choosing (a UUID is ideal), at most 100 printable "
+        "characters. A retry with the same key and body returns the first answer with "
+        "`Idempotency-Replayed: true`; the same key with another body is refused (422).",
+    ),
+]
+_ASSET = re.compile(ASSET_PATTERN)
+
+Movement = Callable[[repo.Pool, int, str, Decimal, str], Awaitable[tuple[Transaction, bool]]]
+
+
+def asset_code(asset: str) -> str:
+    """Asset codes are upper case (`usdt` means USDT); anything else is unknown."""
+    if not _ASSET.match(asset):
+        raise ExchangeError("unknown_asset", f"unknown asset {asset[:20]}", 404, {"asset": asset[:20]})
+    return asset.upper()
+
+
+@get("/wallets", tags=["wallets"], summary="The caller's balance in every asset")
+async def list_wallets(request: Request[AuthUser, str, State], state: State) -> list[Wallet]:
+    return await repo.wallets_for_user(state.pool, request.user.id)
+
+
+@get("/wallets/{asset:str}", tags=["wallets"], summary="The caller's balance in one asset")
+async def get_wallet(asset: FromPath[str], request: Request[AuthUser, str, State], state: State) -> Wallet:
+    code = asset_code(asset)
+    wallet = await repo.wallet_for_user(state.pool, request.user.id, code)
+    if wallet is None:
+        raise ExchangeError("unknown_asset", f"unknown asset {code}", 404, {"asset": code})
+    return wallet
+
+
+@post("/wallets/{asset:str}/deposit", tags=["wallets"], summary="Deposit into a wallet")
+async def deposit(
+    asset: FromPath[str],
+    data: JSONBody[AmountRequest],
+    idempotency_key: IdempotencyKey,
+    request: Request[AuthUser, str, State],
+    state: State,
+) -> Response[Transaction]:
+    return await _move(repo.deposit, asset, data, idempotency_key, request, state)
+
+
+@post("/wallets/{asset:str}/withdraw", tags=["wallets"], summary="Withdraw from a wallet")
+async def withdraw(
+    asset: FromPath[str],
+    data: JSONBody[AmountRequest],
+    idempotency_key: IdempotencyKey,
+    request: Request[AuthUser, str, State],
+    state: State,
+) -> Response[Transaction]:
+    return await _move(repo.withdraw, asset, data, idempotency_key, request, state)
+
+
+async def _move(
+    movement: Movement,
+    asset: str,
+    data: AmountRequest,
+    idempotency_key: str,
+    request: Request[AuthUser, str, State],
+    state: State,
+) -> Response[Transaction]:
+    transaction, replayed = await movement(
+        state.pool, request.user.id, asset_code(asset), data.checked_amount(), idempotency_key
+    )
+    headers = {"Idempotency-Replayed": "true"} if replayed else None
+    return Response(transaction, status_code=201, headers=headers)

@@ -1,0 +1,136 @@
+"""msgspec Structs for every request and response body: validation, OpenAPI and encoding.
+
+Money is Decimal, sent and received as JSON strings ("100.50"). A JSON number is also
+accepted for an amount: msgspec parses it straight into Decimal, never through float.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Literal
+
+import msgspec
+
+from exchange.errors import ExchangeError
+
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+ASSET_PATTERN = r"^[A-Za-z0-9]{2,12}$"
+# Printable ASCII without spaces, as UUIDs and most client-generated keys are.
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,100}$"
+# Amounts are bounded before they reach the database; the asset's own limits
+# (scale, max_amount) are checked in SQL.
+AMOUNT_MAX_DIGITS = 40
+
+TransactionKind = Literal["deposit", "withdrawal", "buy", "sell"]
+
+
+class RegisterRequest(msgspec.Struct, forbid_unknown_fields=True):
+    email: Annotated[str, msgspec.Meta(min_length=3, max_length=254, pattern=EMAIL_PATTERN)]
+    # 8+ characters and at most 72 bytes in UTF-8 (bcrypt's limit): longer is refused
+    # with password_too_long rather than silently truncated (security.check_password_rules).
+    password: Annotated[str, msgspec.Meta(max_length=1024)]
+
+
+class TokenForm(msgspec.Struct):
+    """OAuth2 password flow (RFC 6749 4.3), form-encoded as Swagger's Authorize sends it."""
+
+    username: Annotated[str, msgspec.Meta(max_length=254)]
+    password: Annotated[str, msgspec.Meta(max_length=1024)]
+    grant_type: Literal["password"] | None = None
+    scope: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = None
+
+
+class Token(msgspec.Struct):
+    access_token: str
+    expires_in: int
+    token_type: str = "bearer"
+
+
+class User(msgspec.Struct):
+    id: int
+    email: str
+    role: Literal["user", "admin"]
+    disabled: bool
+    created_at: datetime
+
+
+class Wallet(msgspec.Struct):
+    asset: str
+    balance: Decimal
+
+
+class AmountRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of a deposit or a withdrawal: {"amount": "100.50"}."""
+
+    amount: Decimal
+
+    def checked_amount(self) -> Decimal:
+        """The amount if it is a finite, positive, sane number; else invalid_amount (422)."""
+        amount = self.amount
+        if (
+            not amount.is_finite()
+            or amount <= 0
+            or len(amount.as_tuple().digits) > AMOUNT_MAX_DIGITS
+            or not -AMOUNT_MAX_DIGITS <= amount.as_tuple().exponent <= AMOUNT_MAX_DIGITS
+        ):
+            raise ExchangeError(
+                "invalid_amount",
+                "amount must be a positive decimal number, e.g. \"100.50\"",
+                422,
+                {"field": "amount"},
+            )
+        return amount
+
+
+class Transaction(msgspec.Struct, omit_defaults=True):
+    """One money movement. Trade fields are present only on buys and sells."""
+
+    id: int
+    kind: TransactionKind
+    asset: str
+    amount: Decimal
+    balance_after: Decimal
+    created_at: datetime
+    symbol: str | None = None
+    quote_asset: str | None = None
+    price: Decimal | None = None
+    quote_qty: Decimal | None = None
+    fee: Decimal | None = None
+    fee_asset: str | None = None
+    price_at: datetime | None = None
+
+
+class TransactionPage(msgspec.Struct):
+    transactions: list[Transaction]
+    # Pass as ?before= to get the next (older) page; null on the last page.
+    next_before: int | None
+
+
+class Me(msgspec.Struct):
+    user: User
+    wallets: list[Wallet]
+    recent_transactions: list[Transaction]
+
+
+class Violation(msgspec.Struct):
+    invariant: str
+    subject: str
+    amount: Decimal | None
+
+
+class AuditReport(msgspec.Struct):
+    ok: bool
+    violations: list[Violation]
+
+
+class Health(msgspec.Struct):
+    status: str
+
+
+class Readiness(msgspec.Struct):
+    status: Literal["ready", "unavailable"]
+    postgres: str
+    redis: str

@@ -1,0 +1,116 @@
+"""Passwords (bcrypt, in a worker thread), JWT access tokens, authentication, role guards."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import bcrypt
+import jwt
+import msgspec
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+
+from exchange.config import Settings
+from exchange.errors import ExchangeError
+
+# Pinned: a token naming any other algorithm (including "none") is refused.
+JWT_ALGORITHM = "HS256"
+# bcrypt reads at most 72 bytes of a password; longer ones are refused, not truncated.
+PASSWORD_MAX_BYTES = 72
+PASSWORD_MIN_CHARS = 8
+
+
+class AuthUser(msgspec.Struct, frozen=True):
+    """Who is calling, as the access token says; no database query needed."""
+
+    id: int
+    role: str
+
+
+def check_password_rules(password: str) -> None:
+    if len(password) < PASSWORD_MIN_CHARS:
+        raise ExchangeError(
+            "password_too_short",
+            f"password must have at least {PASSWORD_MIN_CHARS} characters",
+            422,
+            {"field": "password"},
+        )
+    if len(password.encode()) > PASSWORD_MAX_BYTES:
+        raise ExchangeError(
+            "password_too_long",
+            f"password must be at most {PASSWORD_MAX_BYTES} bytes in UTF-8 (bcrypt's limit)",
+            422,
+            {"field": "password"},
+        )
+
+
+async def hash_password(password: str, rounds: int) -> str:
+    salt = bcrypt.gensalt(rounds)
+    hashed = await asyncio.to_thread(bcrypt.hashpw, password.encode(), salt)
+    return hashed.decode()
+
+
+async def verify_password(password: str, password_hash: str) -> bool:
+    encoded = password.encode()
+    if len(encoded) > PASSWORD_MAX_BYTES:
+        # Never stored: still spend a hash so timing does not tell the difference.
+        encoded = encoded[:PASSWORD_MAX_BYTES]
+        await asyncio.to_thread(bcrypt.checkpw, encoded, password_hash.encode())
+        return False
+    return await asyncio.to_thread(bcrypt.checkpw, encoded, password_hash.encode())
+
+
+def issue_token(settings: Settings, user_id: int, role: str) -> str:
+    now = int(time.time())
+    claims = {
+        "sub": str(user_id),
+        "role": role,
+        "iat": now,
+        "exp": now + settings.jwt_ttl_seconds,
+        "jti": uuid.uuid4().hex,
+    }
+    return jwt.encode(claims, settings.jwt_secret, algorithm=JWT_ALGORITHM)
+
+
+def unauthorized(message: str) -> ExchangeError:
+    return ExchangeError("unauthorized", message, 401, headers={"WWW-Authenticate": "Bearer"})
+
+
+def decode_token(settings: Settings, token: str) -> AuthUser:
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            settings.jwt_secret,
+            algorithms=[JWT_ALGORITHM],
+            options={"require": ["exp", "iat", "sub", "role", "jti"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise unauthorized("the access token has expired") from None
+    except jwt.InvalidTokenError:
+        raise unauthorized("the access token is not valid") from None
+    try:
+        return AuthUser(id=int(claims["sub"]), role=str(claims["role"]))
+    except (TypeError, ValueError):
+        raise unauthorized("the access token is not valid") from None
+
+
+class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
+    """Sets request.user from `Authorization: Bearer <JWT>`; 401 without a valid one."""
+
+    async def authenticate_request(self, connection: ASGIConnection) -> AuthenticationResult:
+        header = connection.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise unauthorized("an access token is required (Authorization: Bearer <token>)")
+        user = decode_token(connection.app.state.settings, token.strip())
+        return AuthenticationResult(user=user, auth=token)
+
+
+def admin_only(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """Guard: the caller's token must carry the admin role."""
+    if connection.user.role != "admin":
+        raise ExchangeError("forbidden", "this operation is for admins only", 403)

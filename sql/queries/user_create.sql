@@ -1,0 +1,5 @@
+-- Register a user. A second email differing only in case fails on users_email_key.
+-- $1 email, $2 bcrypt hash, $3 role ('user' or 'admin').
+INSERT INTO users (email, password_hash, role)
+VALUES ($1, $2, $3)
+RETURNING id, email, role, disabled, created_at;

@@ -1,0 +1,5 @@
+-- Give an existing user a role ('user' or 'admin'). Served by users_email_key.
+UPDATE users
+SET role = $2
+WHERE lower(email) = lower($1)
+RETURNING id, email, role, disabled, created_at;

@@ -1,0 +1,227 @@
+"""Fixtures: real PostgreSQL and Redis, a fresh database per run, a real uvicorn server.
+
+Servers: DATABASE_URL / REDIS_URL if set, else the local defaults; if those do not
+answer and a Docker engine is present, testcontainers starts PostgreSQL and Redis.
+Each run creates its own database (dropped at the end) and its own Redis key prefix.
+The app is served by uvicorn on a free port inside the test's event loop, and the tests
+talk to it over real HTTP with httpx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import pytest
+import redis.asyncio as aioredis
+import uvicorn
+
+from exchange import repo
+from exchange.app import create_app
+from exchange.config import Settings, settings_from_env
+from exchange.db import SCHEMA, migrate
+from exchange.schemas import Violation
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+TEST_PASSWORD = "correct horse battery"
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+async def _postgres_answers(url: str) -> bool:
+    try:
+        conn = await asyncpg.connect(url, timeout=3)
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        return False
+    await conn.close()
+    return True
+
+
+async def _redis_answers(url: str) -> bool:
+    client = aioredis.from_url(url, socket_connect_timeout=3)
+    try:
+        return bool(await client.ping())
+    except (OSError, aioredis.RedisError):
+        return False
+    finally:
+        await client.aclose()
+
+
+@contextmanager
+def _containers() -> Iterator[tuple[str, str]]:
+    """PostgreSQL and Redis in Docker, for machines without local servers."""
+    try:
+        from testcontainers.postgres import PostgresContainer
+        from testcontainers.redis import RedisContainer
+    except ImportError as exc:
+        pytest.exit(f"no PostgreSQL/Redis answering and testcontainers unavailable: {exc}", 2)
+    try:
+        with PostgresContainer("postgres:16-alpine", driver=None) as pg, RedisContainer("redis:7") as rd:
+            redis_url = f"redis://{rd.get_container_host_ip()}:{rd.get_exposed_port(6379)}/0"
+            yield pg.get_connection_url(), redis_url
+    except Exception as exc:  # noqa: BLE001 - any Docker failure ends the run clearly
+        pytest.exit(
+            "PostgreSQL/Redis are not answering (set DATABASE_URL and REDIS_URL) and "
+            f"testcontainers could not start them: {exc}",
+            2,
+        )
+
+
+@pytest.fixture(scope="session")
+async def service_urls() -> AsyncIterator[tuple[str, str]]:
+    database_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    redis_url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+    if await _postgres_answers(database_url) and await _redis_answers(redis_url):
+        yield database_url, redis_url
+        return
+    with _containers() as urls:
+        yield urls
+
+
+@asynccontextmanager
+async def fresh_database(server_url: str) -> AsyncIterator[str]:
+    """A new, migrated database on the server; dropped on exit."""
+    name = f"exchange_test_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        url = with_database(server_url, name)
+        try:
+            await migrate(url)
+            yield url
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def database_url(service_urls: tuple[str, str]) -> AsyncIterator[str]:
+    async with fresh_database(service_urls[0]) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, service_urls: tuple[str, str]) -> Settings:
+    return settings_from_env(
+        {},
+        database_url=database_url,
+        redis_url=service_urls[1],
+        redis_prefix=f"test:{secrets.token_hex(4)}:",
+        jwt_secret=secrets.token_urlsafe(32),
+        bcrypt_rounds=4,
+        db_pool_max_size=20,
+        log_level="warning",
+    )
+
+
+@pytest.fixture(scope="session")
+async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """Direct access to the test database, for checking the ledger."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4, server_settings={"search_path": SCHEMA})
+    yield pool
+    await pool.close()
+
+
+@asynccontextmanager
+async def running_server(settings: Settings) -> AsyncIterator[str]:
+    """The app under uvicorn on a free local port, in this event loop; yields its URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on", access_log=False)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+@pytest.fixture(scope="session")
+async def base_url(settings: Settings) -> AsyncIterator[str]:
+    async with running_server(settings) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+async def client(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as http:
+        yield http
+
+
+@dataclass
+class Account:
+    id: int
+    email: str
+    headers: dict[str, str]
+
+
+async def register_and_login(client: httpx.AsyncClient, email: str | None = None) -> Account:
+    email = email or f"user-{secrets.token_hex(6)}@example.com"
+    created = await client.post("/api/v1/auth/register", json={"email": email, "password": TEST_PASSWORD})
+    assert created.status_code == 201, created.text
+    token = await client.post("/api/v1/auth/token", data={"username": email, "password": TEST_PASSWORD})
+    assert token.status_code == 200, token.text
+    headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+    return Account(id=created.json()["id"], email=email, headers=headers)
+
+
+@pytest.fixture
+def new_user(client: httpx.AsyncClient) -> Callable[[], Awaitable[Account]]:
+    return lambda: register_and_login(client)
+
+
+def key() -> str:
+    return secrets.token_hex(16)
+
+
+async def move(
+    client: httpx.AsyncClient,
+    account: Account,
+    kind: str,
+    amount: object,
+    asset: str = "USDT",
+    idempotency_key: str | None = None,
+) -> httpx.Response:
+    """POST a deposit or withdrawal ("deposit" / "withdraw") with a fresh key by default."""
+    headers = {**account.headers, "Idempotency-Key": idempotency_key or key()}
+    return await client.post(f"/api/v1/wallets/{asset}/{kind}", json={"amount": amount}, headers=headers)
+
+
+async def balance(client: httpx.AsyncClient, account: Account, asset: str = "USDT") -> str:
+    answer = await client.get(f"/api/v1/wallets/{asset}", headers=account.headers)
+    assert answer.status_code == 200, answer.text
+    return answer.json()["balance"]
+
+
+async def audit(db: asyncpg.Pool) -> list[Violation]:
+    return await repo.audit(db)
+
+
+async def ledger_counts(db: asyncpg.Pool) -> tuple[int, int]:
+    """(transactions, entries): both unchanged after a refused request."""
+    row = await db.fetchrow(
+        "SELECT (SELECT count(*) FROM transactions) AS transactions, (SELECT count(*) FROM entries) AS entries"
+    )
+    return row["transactions"], row["entries"]
