@@ -9,11 +9,9 @@ import logging
 import os
 import sys
 
-import asyncpg
-
 from exchange import repo
 from exchange.config import Settings, settings_from_env
-from exchange.db import SCHEMA, migrate
+from exchange.db import connect, migrate
 from exchange.errors import ExchangeError
 from exchange.security import check_password_rules, hash_password
 
@@ -74,7 +72,7 @@ def serve_command(settings: Settings, host: str | None, port: int | None, worker
 
 
 async def create_admin(settings: Settings, email: str, password_stdin: bool) -> int:
-    conn = await asyncpg.connect(settings.database_url, server_settings={"search_path": SCHEMA})
+    conn = await connect(settings.database_url)
     try:
         user = await repo.set_role(conn, email, "admin")
         if user is None:
@@ -105,7 +103,7 @@ def _read_password(from_stdin: bool) -> str:
 
 
 async def audit_command(settings: Settings) -> int:
-    conn = await asyncpg.connect(settings.database_url, server_settings={"search_path": SCHEMA})
+    conn = await connect(settings.database_url)
     try:
         violations = await repo.audit(conn)
     finally:

@@ -17,6 +17,7 @@ from exchange import __version__
 from exchange.config import Settings, settings_from_env
 from exchange.db import create_pool
 from exchange.errors import exception_handlers
+from exchange.money import Money
 from exchange.routes import auth, health, orders, transactions, users, wallets
 from exchange.routes.admin import admin_router
 from exchange.security import BearerAuthMiddleware, hash_password
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         exception_handlers=exception_handlers(),
         request_max_body_size=settings.max_body_bytes,
         openapi_config=_openapi_config(),
+        type_encoders={Money: str},
         debug=False,
     )
 

@@ -9,6 +9,7 @@ import asyncpg
 import msgspec
 
 from exchange.config import Settings
+from exchange.money import Money
 from exchange.queries import SQL_DIR
 
 log = logging.getLogger("exchange.db")
@@ -21,6 +22,8 @@ MIGRATION_LOCK_KEY = 0x65786368  # "exch"
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
+    # numeric arrives as PostgreSQL's text (never exponent notation) and becomes Money.
+    await conn.set_type_codec("numeric", schema="pg_catalog", encoder=str, decoder=Money, format="text")
     for name in ("json", "jsonb"):
         await conn.set_type_codec(
             name,
@@ -38,6 +41,13 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
         server_settings={"search_path": SCHEMA, "application_name": "exchange"},
         init=_init_connection,
     )
+
+
+async def connect(database_url: str) -> asyncpg.Connection:
+    """One connection set up like the pool's, for the command line."""
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": SCHEMA})
+    await _init_connection(conn)
+    return conn
 
 
 def migration_files(directory: Path = MIGRATIONS_DIR) -> list[Path]:

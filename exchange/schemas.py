@@ -78,7 +78,7 @@ class AmountRequest(msgspec.Struct, forbid_unknown_fields=True):
         ):
             raise ExchangeError(
                 "invalid_amount",
-                "amount must be a positive decimal number, e.g. \"100.50\"",
+                'amount must be a positive decimal number, e.g. "100.50"',
                 422,
                 {"field": "amount"},
             )

@@ -43,7 +43,7 @@ def with_database(url: str, name: str) -> str:
 async def _postgres_answers(url: str) -> bool:
     try:
         conn = await asyncpg.connect(url, timeout=3)
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+    except (TimeoutError, OSError, asyncpg.PostgresError):
         return False
     await conn.close()
     return True
@@ -91,15 +91,16 @@ async def service_urls() -> AsyncIterator[tuple[str, str]]:
 
 
 @asynccontextmanager
-async def fresh_database(server_url: str) -> AsyncIterator[str]:
-    """A new, migrated database on the server; dropped on exit."""
+async def fresh_database(server_url: str, migrated: bool = True) -> AsyncIterator[str]:
+    """A new database on the server (migrated unless told not to); dropped on exit."""
     name = f"exchange_test_{secrets.token_hex(6)}"
     admin = await asyncpg.connect(server_url)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
         url = with_database(server_url, name)
         try:
-            await migrate(url)
+            if migrated:
+                await migrate(url)
             yield url
         finally:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -130,7 +131,9 @@ def settings(database_url: str, service_urls: tuple[str, str]) -> Settings:
 @pytest.fixture(scope="session")
 async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     """Direct access to the test database, for checking the ledger."""
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4, server_settings={"search_path": SCHEMA})
+    pool = await asyncpg.create_pool(
+        database_url, min_size=1, max_size=4, server_settings={"search_path": SCHEMA}
+    )
     yield pool
     await pool.close()
 
@@ -222,6 +225,7 @@ async def audit(db: asyncpg.Pool) -> list[Violation]:
 async def ledger_counts(db: asyncpg.Pool) -> tuple[int, int]:
     """(transactions, entries): both unchanged after a refused request."""
     row = await db.fetchrow(
-        "SELECT (SELECT count(*) FROM transactions) AS transactions, (SELECT count(*) FROM entries) AS entries"
+        "SELECT (SELECT count(*) FROM transactions) AS transactions,"
+        " (SELECT count(*) FROM entries) AS entries"
     )
     return row["transactions"], row["entries"]

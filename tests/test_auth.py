@@ -9,8 +9,8 @@ import time
 
 import httpx
 import jwt
-
 from conftest import TEST_PASSWORD, register_and_login
+
 from exchange.config import Settings
 
 
@@ -31,7 +31,9 @@ async def test_register_then_login_gives_a_bearer_token(client: httpx.AsyncClien
     assert token.json()["expires_in"] > 0
     assert token.headers["cache-control"] == "no-store"
 
-    me = await client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {token.json()['access_token']}"})
+    me = await client.get(
+        "/api/v1/users/me", headers={"Authorization": f"Bearer {token.json()['access_token']}"}
+    )
     assert me.status_code == 200
     assert me.json()["user"]["id"] == body["id"]
 
@@ -40,7 +42,9 @@ async def test_duplicate_email_in_any_case_is_409(client: httpx.AsyncClient) -> 
     email = _email()
     first = await client.post("/api/v1/auth/register", json={"email": email, "password": TEST_PASSWORD})
     assert first.status_code == 201
-    again = await client.post("/api/v1/auth/register", json={"email": email.upper(), "password": TEST_PASSWORD})
+    again = await client.post(
+        "/api/v1/auth/register", json={"email": email.upper(), "password": TEST_PASSWORD}
+    )
     assert again.status_code == 409
     assert again.json()["error"]["code"] == "email_taken"
 
@@ -55,7 +59,9 @@ async def test_login_email_is_case_insensitive(client: httpx.AsyncClient) -> Non
 
 async def test_wrong_password_and_unknown_email_are_401(client: httpx.AsyncClient) -> None:
     account = await register_and_login(client)
-    wrong = await client.post("/api/v1/auth/token", data={"username": account.email, "password": "not the password"})
+    wrong = await client.post(
+        "/api/v1/auth/token", data={"username": account.email, "password": "not the password"}
+    )
     unknown = await client.post("/api/v1/auth/token", data={"username": _email(), "password": TEST_PASSWORD})
     for answer in (wrong, unknown):
         assert answer.status_code == 401
@@ -72,7 +78,9 @@ async def test_password_rules(client: httpx.AsyncClient) -> None:
     too_long = await client.post("/api/v1/auth/register", json={"email": _email(), "password": "€" * 25})
     assert too_long.status_code == 422
     assert too_long.json()["error"]["code"] == "password_too_long"
-    bad_email = await client.post("/api/v1/auth/register", json={"email": "not-an-email", "password": TEST_PASSWORD})
+    bad_email = await client.post(
+        "/api/v1/auth/register", json={"email": "not-an-email", "password": TEST_PASSWORD}
+    )
     assert bad_email.status_code == 400
     assert bad_email.json()["error"]["code"] == "validation_error"
     assert "email" in json.dumps(bad_email.json()["error"]["details"])
@@ -80,7 +88,9 @@ async def test_password_rules(client: httpx.AsyncClient) -> None:
 
 async def test_password_of_exactly_72_bytes_works(client: httpx.AsyncClient) -> None:
     email, password = _email(), "€" * 24  # 72 bytes
-    assert (await client.post("/api/v1/auth/register", json={"email": email, "password": password})).status_code == 201
+    assert (
+        await client.post("/api/v1/auth/register", json={"email": email, "password": password})
+    ).status_code == 201
     token = await client.post("/api/v1/auth/token", data={"username": email, "password": password})
     assert token.status_code == 200
 
@@ -99,14 +109,18 @@ async def test_bad_tokens_are_401(client: httpx.AsyncClient, settings: Settings)
     good = account.headers["Authorization"].removeprefix("Bearer ")
     now = int(time.time())
     claims = {"sub": str(account.id), "role": "user", "iat": now, "jti": "x"}
-    expired = jwt.encode({**claims, "iat": now - 7200, "exp": now - 3600}, settings.jwt_secret, algorithm="HS256")
+    expired = jwt.encode(
+        {**claims, "iat": now - 7200, "exp": now - 3600}, settings.jwt_secret, algorithm="HS256"
+    )
     other_secret = jwt.encode({**claims, "exp": now + 600}, "another-secret-" + "x" * 32, algorithm="HS256")
     alg_none = f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64({**claims, 'exp': now + 600})}."
-    header, payload, signature = good.split(".")
+    header, _, signature = good.split(".")
     admin_claims = {**jwt.decode(good, options={"verify_signature": False}), "role": "admin"}
     tampered = f"{header}.{_b64(admin_claims)}.{signature}"
     without_jti = jwt.encode(
-        {k: v for k, v in {**claims, "exp": now + 600}.items() if k != "jti"}, settings.jwt_secret, algorithm="HS256"
+        {k: v for k, v in {**claims, "exp": now + 600}.items() if k != "jti"},
+        settings.jwt_secret,
+        algorithm="HS256",
     )
 
     assert (await _me(client, good)).status_code == 200

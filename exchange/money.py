@@ -1,0 +1,19 @@
+"""Money: a Decimal that always prints in plain fixed-point notation.
+
+Python prints Decimal("0.00000001") as "1E-8", and msgspec encodes Decimals with str().
+A satoshi must read "0.00000001" in JSON, so numerics from PostgreSQL are decoded as
+Money (db.py), and the app encodes Money with its fixed-point str (app.py).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+
+class Money(Decimal):
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        return format(self, "f")
+
+    __repr__ = Decimal.__repr__

@@ -1,0 +1,81 @@
+"""The audit can fail: corrupt a ledger on purpose and it says so."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import asyncpg
+from conftest import fresh_database
+
+from exchange import repo
+from exchange.db import SCHEMA
+
+
+def _audit_command(database_url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "exchange", "audit"],
+        env={**os.environ, "DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_audit_reports_each_kind_of_corruption(service_urls: tuple[str, str]) -> None:
+    async with fresh_database(service_urls[0]) as url:
+        conn = await asyncpg.connect(url, server_settings={"search_path": SCHEMA})
+        try:
+            user_id = await conn.fetchval(
+                "INSERT INTO users (email, password_hash) VALUES ('x@y.z', 'x') RETURNING id"
+            )
+            await conn.fetch("SELECT * FROM deposit($1, 'USDT', 100, 'k1')", user_id)
+            await conn.fetch("SELECT * FROM withdraw($1, 'USDT', 40, 'k2')", user_id)
+            assert await repo.audit(conn) == []
+            clean = _audit_command(url)
+            assert clean.returncode == 0, clean.stderr
+            assert "0 violation(s)" in clean.stdout
+
+            # A balance changed behind the ledger's back: mismatch, and the asset no longer sums to zero.
+            await conn.execute("UPDATE accounts SET balance = balance + 0.01 WHERE user_id = $1", user_id)
+            found = {v.invariant for v in await repo.audit(conn)}
+            assert found == {"wallet_balance_mismatch", "asset_not_balanced"}
+
+            # An entry without its counterpart: the transaction is unbalanced.
+            await conn.execute(
+                "INSERT INTO entries (transaction_id, account_id, asset, amount) "
+                "SELECT id, (SELECT id FROM accounts WHERE user_id = $1), 'USDT', 1 "
+                "FROM transactions LIMIT 1",
+                user_id,
+            )
+            # A negative wallet (the CHECK constraint normally forbids it).
+            await conn.execute("ALTER TABLE accounts DROP CONSTRAINT accounts_balance_check")
+            await conn.execute("UPDATE accounts SET balance = -1 WHERE user_id = $1", user_id)
+            # A transaction with no entries, and an entry naming no account.
+            await conn.execute(
+                "INSERT INTO transactions "
+                "(user_id, kind, idempotency_key, request_hash, asset, amount, balance_after) "
+                "VALUES ($1, 'deposit', 'k3', '\\x00', 'USDT', 1, 1)",
+                user_id,
+            )
+            await conn.execute(
+                "INSERT INTO entries (transaction_id, account_id, asset, amount) "
+                "SELECT id, 999999, 'USDT', 0.5 FROM transactions LIMIT 1"
+            )
+            violations = await repo.audit(conn)
+            assert {v.invariant for v in violations} == {
+                "wallet_balance_mismatch",
+                "asset_not_balanced",
+                "transaction_unbalanced",
+                "wallet_negative",
+                "transaction_without_entries",
+                "entry_account_mismatch",
+            }
+            assert all(v.subject for v in violations)
+        finally:
+            await conn.close()
+
+        failed = _audit_command(url)
+        assert failed.returncode == 1
+        assert "wallet_negative" in failed.stdout

@@ -1,0 +1,101 @@
+"""Idempotency keys make retries safe: one key, one movement, one answer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+import httpx
+from conftest import Account, audit, balance, key, move
+
+
+async def _transactions_with_key(db: asyncpg.Pool, account: Account, idempotency_key: str) -> int:
+    return await db.fetchval(
+        "SELECT count(*) FROM transactions WHERE user_id = $1 AND idempotency_key = $2",
+        account.id,
+        idempotency_key,
+    )
+
+
+async def test_same_request_twice_makes_one_transaction_and_the_same_answer(
+    client: httpx.AsyncClient, db: asyncpg.Pool, new_user: Callable[[], Awaitable[Account]]
+) -> None:
+    grace = await new_user()
+    k = key()
+    first = await move(client, grace, "deposit", "25.00", idempotency_key=k)
+    again = await move(client, grace, "deposit", "25", idempotency_key=k)  # same amount, other spelling
+
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json()
+    assert again.headers["idempotency-replayed"] == "true"
+    assert "idempotency-replayed" not in first.headers
+    assert await _transactions_with_key(db, grace, k) == 1
+    assert await balance(client, grace) == "25.00"
+
+    k2 = key()
+    out = await move(client, grace, "withdraw", "5", idempotency_key=k2)
+    out_again = await move(client, grace, "withdraw", "5", idempotency_key=k2)
+    assert out_again.json() == out.json()
+    assert await balance(client, grace) == "20.00"
+
+
+async def test_same_key_with_another_request_is_422(
+    client: httpx.AsyncClient, db: asyncpg.Pool, new_user: Callable[[], Awaitable[Account]]
+) -> None:
+    heidi = await new_user()
+    k = key()
+    assert (await move(client, heidi, "deposit", "10", idempotency_key=k)).status_code == 201
+    for kind, amount, asset in [
+        ("deposit", "11", "USDT"),  # other amount
+        ("withdraw", "10", "USDT"),  # other kind
+        ("deposit", "10", "BTC"),  # other asset (another wallet: caught by the unique key)
+    ]:
+        answer = await move(client, heidi, kind, amount, asset=asset, idempotency_key=k)
+        assert answer.status_code == 422, (kind, amount, asset, answer.text)
+        assert answer.json()["error"]["code"] == "idempotency_key_reused"
+    assert await _transactions_with_key(db, heidi, k) == 1
+    assert await balance(client, heidi) == "10.00"
+    assert await balance(client, heidi, "BTC") == "0.00000000"
+
+
+async def test_keys_belong_to_one_user(
+    client: httpx.AsyncClient, new_user: Callable[[], Awaitable[Account]]
+) -> None:
+    ivan, judy = await new_user(), await new_user()
+    k = key()
+    a = await move(client, ivan, "deposit", "1", idempotency_key=k)
+    b = await move(client, judy, "deposit", "2", idempotency_key=k)
+    assert a.status_code == b.status_code == 201
+    assert "idempotency-replayed" not in b.headers
+    assert await balance(client, judy) == "2.00"
+
+
+async def test_a_refused_request_does_not_use_up_its_key(
+    client: httpx.AsyncClient, new_user: Callable[[], Awaitable[Account]]
+) -> None:
+    mallory = await new_user()
+    k = key()
+    refused = await move(client, mallory, "withdraw", "5", idempotency_key=k)
+    assert refused.json()["error"]["code"] == "insufficient_funds"
+    await move(client, mallory, "deposit", "5")
+    retried = await move(client, mallory, "withdraw", "5", idempotency_key=k)
+    assert retried.status_code == 201
+    assert "idempotency-replayed" not in retried.headers
+
+
+async def test_twenty_concurrent_requests_with_one_key_make_one_transaction(
+    client: httpx.AsyncClient, db: asyncpg.Pool, new_user: Callable[[], Awaitable[Account]]
+) -> None:
+    niaj = await new_user()
+    k = key()
+    answers = await asyncio.gather(
+        *(move(client, niaj, "deposit", "7.77", idempotency_key=k) for _ in range(20))
+    )
+
+    assert {a.status_code for a in answers} == {201}
+    assert len({a.text for a in answers}) == 1  # the very same body
+    assert sum("idempotency-replayed" not in a.headers for a in answers) == 1
+    assert await _transactions_with_key(db, niaj, k) == 1
+    assert await balance(client, niaj) == "7.77"
+    assert await audit(db) == []

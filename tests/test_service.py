@@ -1,0 +1,123 @@
+"""The service as an operator runs it: migrations, `exchange serve`, health, the API docs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+
+import httpx
+import msgspec
+from conftest import TEST_PASSWORD, fresh_database, running_server
+
+from exchange.config import Settings
+from exchange.db import migrate, migration_files
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def test_concurrent_migrations_apply_each_file_once(service_urls: tuple[str, str]) -> None:
+    async with fresh_database(service_urls[0], migrated=False) as url:
+        results = await asyncio.gather(*(migrate(url) for _ in range(4)))
+        every = [path.stem for path in migration_files()]
+        assert sorted(results, key=len) == [[], [], [], every]
+        assert await migrate(url) == []
+
+
+async def test_exchange_serve_migrates_an_empty_database_then_serves(service_urls: tuple[str, str]) -> None:
+    async with fresh_database(service_urls[0], migrated=False) as url:
+        port = _free_port()
+        env = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "REDIS_URL": service_urls[1],
+            "BCRYPT_ROUNDS": "4",
+            "LOG_LEVEL": "warning",
+        }
+        server = subprocess.Popen(
+            [sys.executable, "-m", "exchange", "serve", "--port", str(port), "--workers", "2"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+                for _ in range(200):
+                    try:
+                        if (await http.get("/ready")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    assert server.poll() is None, server.stdout.read() if server.stdout else ""
+                    await asyncio.sleep(0.1)
+                ready = await http.get("/ready")
+                assert ready.json() == {"status": "ready", "postgres": "ok", "redis": "ok"}
+                assert (await http.get("/health")).json() == {"status": "ok"}
+
+                email = "served@example.com"
+                created = await http.post(
+                    "/api/v1/auth/register", json={"email": email, "password": TEST_PASSWORD}
+                )
+                assert created.status_code == 201
+                token = await http.post(
+                    "/api/v1/auth/token", data={"username": email, "password": TEST_PASSWORD}
+                )
+                headers = {"Authorization": f"Bearer {token.json()['access_token']}", "Idempotency-Key": "k1"}
+                deposit = await http.post(
+                    "/api/v1/wallets/USDT/deposit", json={"amount": "1"}, headers=headers
+                )
+                assert deposit.status_code == 201
+        finally:
+            server.terminate()
+            output, _ = server.communicate(timeout=30)
+        # The development JWT secret is announced loudly, and nothing sensitive is logged.
+        assert "JWT_SECRET is not set" in output
+        assert TEST_PASSWORD not in output
+        assert token.json()["access_token"] not in output
+
+
+async def test_ready_reports_redis_down_without_a_500(settings: Settings) -> None:
+    broken = msgspec.structs.replace(settings, redis_url="redis://127.0.0.1:1/0")
+    async with running_server(broken) as url, httpx.AsyncClient(base_url=url) as http:
+        ready = await http.get("/ready")
+        assert ready.status_code == 503
+        body = ready.json()
+        assert body["status"] == "unavailable" and body["postgres"] == "ok"
+        assert body["redis"].startswith("down")
+        assert (await http.get("/health")).status_code == 200
+
+
+async def test_openapi_lists_every_route_and_the_oauth2_password_flow(client: httpx.AsyncClient) -> None:
+    schema = (await client.get("/schema/openapi.json")).json()
+    assert {
+        "/api/v1/auth/register",
+        "/api/v1/auth/token",
+        "/api/v1/users/me",
+        "/api/v1/wallets",
+        "/api/v1/wallets/{asset}",
+        "/api/v1/wallets/{asset}/deposit",
+        "/api/v1/wallets/{asset}/withdraw",
+        "/api/v1/transactions",
+        "/api/v1/transactions/{transaction_id}",
+        "/api/v1/admin/audit",
+        "/health",
+        "/ready",
+    } <= set(schema["paths"])
+    flow = schema["components"]["securitySchemes"]["OAuth2PasswordBearer"]["flows"]["password"]
+    assert flow["tokenUrl"] == "/api/v1/auth/token"
+    token_body = schema["paths"]["/api/v1/auth/token"]["post"]["requestBody"]["content"]
+    assert "application/x-www-form-urlencoded" in token_body
+
+
+async def test_unknown_route_and_method_answer_in_the_error_shape(client: httpx.AsyncClient) -> None:
+    missing = await client.get("/api/v1/nothing-here")
+    assert (missing.status_code, missing.json()["error"]["code"]) == (404, "not_found")
+    wrong_method = await client.delete("/health")
+    assert (wrong_method.status_code, wrong_method.json()["error"]["code"]) == (405, "method_not_allowed")
