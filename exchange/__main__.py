@@ -64,8 +64,9 @@ def serve_command(settings: Settings, host: str | None, port: int | None, worker
         host=host or settings.host,
         port=settings.port if port is None else port,
         workers=workers or settings.workers or os.cpu_count() or 1,
-        loop="uvloop",
-        http="httptools",
+        # uvloop and httptools (installed with the package) where the platform has them.
+        loop="auto",
+        http="auto",
         log_level=settings.log_level,
     )
     return 0

@@ -14,6 +14,7 @@ import msgspec
 import redis.exceptions
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
 log = logging.getLogger("exchange.errors")
@@ -92,6 +93,28 @@ UNAVAILABLE_ERRORS = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
 )
+
+
+# What each error status means across the API, for the OpenAPI document.
+ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "`validation_error`: malformed body, wrong types, unknown or missing fields; `details` names them",
+    401: "`unauthorized` (no, expired or invalid token) or `invalid_credentials` (login)",
+    403: "`forbidden` (admins only) or `user_disabled`",
+    404: "`not_found` (also another user's resource) or `unknown_asset`",
+    409: "`email_taken` or `insufficient_funds`",
+    413: "`payload_too_large`",
+    422: "`invalid_amount`, `too_many_decimals`, `idempotency_key_reused`, `password_too_short`, "
+    "`password_too_long`",
+    503: "`service_unavailable`: PostgreSQL or Redis unreachable; retry after `Retry-After`",
+}
+
+
+def documented(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI entries for a handler's error statuses, all with the ErrorBody shape."""
+    return {
+        status: ResponseSpec(data_container=ErrorBody, description=ERROR_DESCRIPTIONS[status])
+        for status in statuses
+    }
 
 
 def error_response(

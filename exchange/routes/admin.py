@@ -6,11 +6,12 @@ from litestar import Router, get
 from litestar.datastructures import State
 
 from exchange import repo
+from exchange.errors import documented
 from exchange.schemas import AuditReport
 from exchange.security import admin_only
 
 
-@get("/audit", summary="Check every ledger invariant")
+@get("/audit", summary="Check every ledger invariant", responses=documented(401, 403, 503))
 async def audit(state: State) -> AuditReport:
     violations = await repo.audit(state.pool)
     return AuditReport(ok=not violations, violations=violations)

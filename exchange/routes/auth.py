@@ -7,12 +7,18 @@ from litestar.datastructures import State
 from litestar.params import JSONBody, URLEncodedBody
 
 from exchange import repo
-from exchange.errors import ExchangeError
+from exchange.errors import ExchangeError, documented
 from exchange.schemas import RegisterRequest, Token, TokenForm, User
 from exchange.security import check_password_rules, hash_password, issue_token, verify_password
 
 
-@post("/auth/register", status_code=201, tags=["auth"], summary="Create an account")
+@post(
+    "/auth/register",
+    status_code=201,
+    tags=["auth"],
+    summary="Create an account",
+    responses=documented(400, 409, 413, 422, 503),
+)
 async def register(data: JSONBody[RegisterRequest], state: State) -> User:
     """Email (unique whatever its case) and a password of 8+ characters and at most
     72 bytes in UTF-8: bcrypt reads no further, so longer passwords are refused."""
@@ -21,7 +27,13 @@ async def register(data: JSONBody[RegisterRequest], state: State) -> User:
     return await repo.create_user(state.pool, data.email, password_hash)
 
 
-@post("/auth/token", status_code=200, tags=["auth"], summary="Log in (OAuth2 password flow)")
+@post(
+    "/auth/token",
+    status_code=200,
+    tags=["auth"],
+    summary="Log in (OAuth2 password flow)",
+    responses=documented(400, 401, 403, 503),
+)
 async def token(
     data: URLEncodedBody[TokenForm],
     state: State,

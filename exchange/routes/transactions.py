@@ -9,7 +9,7 @@ from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from exchange import repo
-from exchange.errors import ExchangeError
+from exchange.errors import ExchangeError, documented
 from exchange.routes.wallets import asset_code
 from exchange.schemas import Transaction, TransactionKind, TransactionPage
 from exchange.security import AuthUser
@@ -17,7 +17,12 @@ from exchange.security import AuthUser
 PAGE_SIZE_MAX = 100
 
 
-@get("/transactions", tags=["transactions"], summary="The caller's history, newest first")
+@get(
+    "/transactions",
+    tags=["transactions"],
+    summary="The caller's history, newest first",
+    responses=documented(400, 401, 404, 503),
+)
 async def list_transactions(
     request: Request[AuthUser, str, State],
     state: State,
@@ -36,7 +41,12 @@ async def list_transactions(
     return TransactionPage(transactions=page, next_before=next_before)
 
 
-@get("/transactions/{transaction_id:int}", tags=["transactions"], summary="One of the caller's transactions")
+@get(
+    "/transactions/{transaction_id:int}",
+    tags=["transactions"],
+    summary="One of the caller's transactions",
+    responses=documented(400, 401, 404, 503),
+)
 async def get_transaction(
     transaction_id: FromPath[int], request: Request[AuthUser, str, State], state: State
 ) -> Transaction:

@@ -6,14 +6,19 @@ from litestar import Request, get
 from litestar.datastructures import State
 
 from exchange import repo
-from exchange.errors import ExchangeError
+from exchange.errors import ExchangeError, documented
 from exchange.schemas import Me
 from exchange.security import AuthUser
 
 RECENT_TRANSACTIONS = 10
 
 
-@get("/users/me", tags=["users"], summary="The caller, with wallets and recent transactions")
+@get(
+    "/users/me",
+    tags=["users"],
+    summary="The caller, with wallets and recent transactions",
+    responses=documented(401, 503),
+)
 async def me(request: Request[AuthUser, str, State], state: State) -> Me:
     user_id = request.user.id
     user = await repo.user_by_id(state.pool, user_id)

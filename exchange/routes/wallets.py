@@ -12,7 +12,7 @@ from litestar.datastructures import State
 from litestar.params import FromPath, HeaderParameter, JSONBody
 
 from exchange import repo
-from exchange.errors import ExchangeError
+from exchange.errors import ExchangeError, documented
 from exchange.schemas import ASSET_PATTERN, IDEMPOTENCY_KEY_PATTERN, AmountRequest, Transaction, Wallet
 from exchange.security import AuthUser
 
@@ -38,12 +38,22 @@ def asset_code(asset: str) -> str:
     return asset.upper()
 
 
-@get("/wallets", tags=["wallets"], summary="The caller's balance in every asset")
+@get(
+    "/wallets",
+    tags=["wallets"],
+    summary="The caller's balance in every asset",
+    responses=documented(401, 503),
+)
 async def list_wallets(request: Request[AuthUser, str, State], state: State) -> list[Wallet]:
     return await repo.wallets_for_user(state.pool, request.user.id)
 
 
-@get("/wallets/{asset:str}", tags=["wallets"], summary="The caller's balance in one asset")
+@get(
+    "/wallets/{asset:str}",
+    tags=["wallets"],
+    summary="The caller's balance in one asset",
+    responses=documented(400, 401, 404, 503),
+)
 async def get_wallet(asset: FromPath[str], request: Request[AuthUser, str, State], state: State) -> Wallet:
     code = asset_code(asset)
     wallet = await repo.wallet_for_user(state.pool, request.user.id, code)
@@ -52,7 +62,12 @@ async def get_wallet(asset: FromPath[str], request: Request[AuthUser, str, State
     return wallet
 
 
-@post("/wallets/{asset:str}/deposit", tags=["wallets"], summary="Deposit into a wallet")
+@post(
+    "/wallets/{asset:str}/deposit",
+    tags=["wallets"],
+    summary="Deposit into a wallet",
+    responses=documented(400, 401, 404, 413, 422, 503),
+)
 async def deposit(
     asset: FromPath[str],
     data: JSONBody[AmountRequest],
@@ -63,7 +78,12 @@ async def deposit(
     return await _move(repo.deposit, asset, data, idempotency_key, request, state)
 
 
-@post("/wallets/{asset:str}/withdraw", tags=["wallets"], summary="Withdraw from a wallet")
+@post(
+    "/wallets/{asset:str}/withdraw",
+    tags=["wallets"],
+    summary="Withdraw from a wallet",
+    responses=documented(400, 401, 404, 409, 413, 422, 503),
+)
 async def withdraw(
     asset: FromPath[str],
     data: JSONBody[AmountRequest],
