@@ -50,14 +50,10 @@ async def set_role(pool: Executor, email: str, role: str) -> User | None:
     return None if row is None else User(**row)
 
 
-async def wallets_for_user(pool: Pool, user_id: int) -> list[Wallet]:
-    rows = await pool.fetch(Q.wallets_for_user, user_id)
+async def wallets_for_user(pool: Pool, user_id: int, asset: str | None = None) -> list[Wallet]:
+    """Every asset's balance, or only `asset`'s (an empty list if it does not exist)."""
+    rows = await pool.fetch(Q.wallets_for_user, user_id, asset)
     return [Wallet(**row) for row in rows]
-
-
-async def wallet_for_user(pool: Pool, user_id: int, asset: str) -> Wallet | None:
-    row = await pool.fetchrow(Q.wallet_for_user, user_id, asset)
-    return None if row is None else Wallet(**row)
 
 
 async def transactions_for_user(

@@ -34,8 +34,12 @@ Movement = Callable[[repo.Pool, int, str, Decimal, str], Awaitable[tuple[Transac
 def asset_code(asset: str) -> str:
     """Asset codes are upper case (`usdt` means USDT); anything else is unknown."""
     if not _ASSET.match(asset):
-        raise ExchangeError("unknown_asset", f"unknown asset {asset[:20]}", 404, {"asset": asset[:20]})
+        raise unknown_asset(asset[:20])
     return asset.upper()
+
+
+def unknown_asset(code: str) -> ExchangeError:
+    return ExchangeError("unknown_asset", f"unknown asset {code}", 404, {"asset": code})
 
 
 @get(
@@ -56,10 +60,10 @@ async def list_wallets(request: Request[AuthUser, str, State], state: State) -> 
 )
 async def get_wallet(asset: FromPath[str], request: Request[AuthUser, str, State], state: State) -> Wallet:
     code = asset_code(asset)
-    wallet = await repo.wallet_for_user(state.pool, request.user.id, code)
-    if wallet is None:
-        raise ExchangeError("unknown_asset", f"unknown asset {code}", 404, {"asset": code})
-    return wallet
+    wallets = await repo.wallets_for_user(state.pool, request.user.id, code)
+    if not wallets:
+        raise unknown_asset(code)
+    return wallets[0]
 
 
 @post(

@@ -131,6 +131,41 @@ BEGIN
 END;
 $$;
 
+-- Post a movement between a user's wallet (already locked by the caller) and the house
+-- `external` account: the wallet changes by p_delta (+ deposit, - withdrawal), and the
+-- transaction is written with two entries that sum to zero. Returns the transaction id.
+CREATE FUNCTION post_external_movement(
+    p_user_id bigint,
+    p_kind text,
+    p_idempotency_key text,
+    p_request_hash bytea,
+    p_wallet_id bigint,
+    p_asset text,
+    p_delta numeric
+)
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_balance_after  numeric;
+    v_tx_id          bigint;
+BEGIN
+    UPDATE accounts
+    SET balance = balance + p_delta,
+        updated_at = now()
+    WHERE id = p_wallet_id
+    RETURNING balance INTO v_balance_after;
+
+    INSERT INTO transactions (user_id, kind, idempotency_key, request_hash, asset, amount, balance_after)
+    VALUES (p_user_id, p_kind, p_idempotency_key, p_request_hash, p_asset, abs(p_delta), v_balance_after)
+    RETURNING id INTO v_tx_id;
+
+    INSERT INTO entries (transaction_id, account_id, asset, amount)
+    VALUES (v_tx_id, p_wallet_id, p_asset, p_delta),
+           (v_tx_id, house_account('external', p_asset), p_asset, -p_delta);
+    RETURN v_tx_id;
+END;
+$$;
+
 -- deposit: credit the user's wallet from the house `external` account.
 -- Locks: the user's wallet of p_asset. Raises EX001, EX002, EX003, EX005.
 CREATE FUNCTION deposit(p_user_id bigint, p_asset text, p_amount numeric, p_idempotency_key text)
@@ -148,19 +183,8 @@ BEGIN
         RETURN movement_result(v_tx_id, true);
     END IF;
 
-    UPDATE accounts
-    SET balance = balance + v_amount,
-        updated_at = now()
-    WHERE id = v_wallet.wallet_id;
-
-    INSERT INTO transactions (user_id, kind, idempotency_key, request_hash, asset, amount, balance_after)
-    VALUES (p_user_id, 'deposit', p_idempotency_key, v_hash, p_asset, v_amount, v_wallet.balance + v_amount)
-    RETURNING id INTO v_tx_id;
-
-    INSERT INTO entries (transaction_id, account_id, asset, amount)
-    VALUES (v_tx_id, v_wallet.wallet_id, p_asset, v_amount),
-           (v_tx_id, house_account('external', p_asset), p_asset, -v_amount);
-
+    v_tx_id := post_external_movement(p_user_id, 'deposit', p_idempotency_key, v_hash,
+                                      v_wallet.wallet_id, p_asset, v_amount);
     RETURN movement_result(v_tx_id, false);
 END;
 $$;
@@ -189,19 +213,8 @@ BEGIN
                                        'requested', v_amount::text)::text;
     END IF;
 
-    UPDATE accounts
-    SET balance = balance - v_amount,
-        updated_at = now()
-    WHERE id = v_wallet.wallet_id;
-
-    INSERT INTO transactions (user_id, kind, idempotency_key, request_hash, asset, amount, balance_after)
-    VALUES (p_user_id, 'withdrawal', p_idempotency_key, v_hash, p_asset, v_amount, v_wallet.balance - v_amount)
-    RETURNING id INTO v_tx_id;
-
-    INSERT INTO entries (transaction_id, account_id, asset, amount)
-    VALUES (v_tx_id, v_wallet.wallet_id, p_asset, -v_amount),
-           (v_tx_id, house_account('external', p_asset), p_asset, v_amount);
-
+    v_tx_id := post_external_movement(p_user_id, 'withdrawal', p_idempotency_key, v_hash,
+                                      v_wallet.wallet_id, p_asset, -v_amount);
     RETURN movement_result(v_tx_id, false);
 END;
 $$;
