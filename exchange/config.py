@@ -22,6 +22,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
     db_pool_min_size: Annotated[int, msgspec.Meta(ge=1, le=100)] = 2
     db_pool_max_size: Annotated[int, msgspec.Meta(ge=1, le=200)] = 10
+    # Bounds on any one statement and on any wait for a row lock; past them the request
+    # is rolled back whole and answers 503 service_unavailable (safe to retry).
+    db_statement_timeout_ms: Annotated[int, msgspec.Meta(ge=100, le=600_000)] = 10_000
+    db_lock_timeout_ms: Annotated[int, msgspec.Meta(ge=10, le=600_000)] = 5_000
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Every Redis key this deployment writes starts with this (tests use their own).
     redis_prefix: Annotated[str, msgspec.Meta(max_length=64)] = "exchange:"

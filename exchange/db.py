@@ -38,7 +38,12 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
         settings.database_url,
         min_size=settings.db_pool_min_size,
         max_size=settings.db_pool_max_size,
-        server_settings={"search_path": SCHEMA, "application_name": "exchange"},
+        server_settings={
+            "search_path": SCHEMA,
+            "application_name": "exchange",
+            "statement_timeout": str(settings.db_statement_timeout_ms),
+            "lock_timeout": str(settings.db_lock_timeout_ms),
+        },
         init=_init_connection,
     )
 

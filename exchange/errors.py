@@ -87,12 +87,17 @@ STATUS_CODES: dict[int, str] = {
 UNAVAILABLE_ERRORS = (
     OSError,
     asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
+    asyncpg.ConnectionDoesNotExistError,
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
 )
+# SQLSTATE prefixes that mean "try again later": connection exceptions (08), too many
+# connections and other resource limits (53), operator intervention such as a restart
+# (57P), lock_timeout (55P03) and statement_timeout (57014). The transaction was rolled
+# back whole, so a retry (with the same Idempotency-Key) is safe.
+UNAVAILABLE_SQLSTATES = ("08", "53", "57P", "55P03", "57014")
 
 
 # What each error status means across the API, for the OpenAPI document.
@@ -153,8 +158,12 @@ def from_postgres_error(_: Request, exc: asyncpg.PostgresError) -> Response[Erro
     if sqlstate == "23505" and constraint in UNIQUE_ERRORS:
         code, status, message = UNIQUE_ERRORS[constraint]
         return error_response(code, message, status)
-    if isinstance(exc, UNAVAILABLE_ERRORS) or sqlstate.startswith(("08", "53", "57P")):
+    if isinstance(exc, UNAVAILABLE_ERRORS) or sqlstate.startswith(UNAVAILABLE_SQLSTATES):
         return unavailable()
+    if sqlstate.startswith("22"):
+        # Data exception: a value the database cannot take (out of range, NUL byte...).
+        # Bad input, not a server fault; the value itself is not echoed or logged.
+        return error_response("validation_error", "a value in the request is not valid", 400)
     log.error("unexpected database error %s", sqlstate, exc_info=exc)
     return error_response("internal_error", "internal error", 500)
 

@@ -14,7 +14,11 @@ import msgspec
 
 from exchange.errors import ExchangeError
 
-EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+# No spaces or control characters (PostgreSQL text cannot hold NUL).
+EMAIL_PATTERN = r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$"
+NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f]*$"
+# Ids are PostgreSQL bigint.
+ID_MAX = 2**63 - 1
 ASSET_PATTERN = r"^[A-Za-z0-9]{2,12}$"
 # Printable ASCII without spaces, as UUIDs and most client-generated keys are.
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,100}$"
@@ -35,7 +39,7 @@ class RegisterRequest(msgspec.Struct, forbid_unknown_fields=True):
 class TokenForm(msgspec.Struct):
     """OAuth2 password flow (RFC 6749 4.3), form-encoded as Swagger's Authorize sends it."""
 
-    username: Annotated[str, msgspec.Meta(max_length=254)]
+    username: Annotated[str, msgspec.Meta(max_length=254, pattern=NO_CONTROL_CHARS)]
     password: Annotated[str, msgspec.Meta(max_length=1024)]
     grant_type: Literal["password"] | None = None
     scope: str | None = None

@@ -52,6 +52,13 @@ async def test_audit_reports_each_kind_of_corruption(service_urls: tuple[str, st
             # A negative wallet (the CHECK constraint normally forbids it).
             await conn.execute("ALTER TABLE accounts DROP CONSTRAINT accounts_balance_check")
             await conn.execute("UPDATE accounts SET balance = -1 WHERE user_id = $1", user_id)
+            # An entry whose asset is not its account's asset.
+            await conn.execute(
+                "INSERT INTO entries (transaction_id, account_id, asset, amount) "
+                "SELECT id, (SELECT id FROM accounts WHERE user_id = $1), 'BTC', 0.1 "
+                "FROM transactions LIMIT 1",
+                user_id,
+            )
             # A transaction with no entries, and an entry naming no account.
             await conn.execute(
                 "INSERT INTO transactions "
@@ -73,9 +80,29 @@ async def test_audit_reports_each_kind_of_corruption(service_urls: tuple[str, st
                 "entry_account_mismatch",
             }
             assert all(v.subject for v in violations)
+            mismatched = {v.subject for v in violations if v.invariant == "entry_account_mismatch"}
+            assert any("BTC" in subject for subject in mismatched)
+            assert any("account 999999" in subject for subject in mismatched)
         finally:
             await conn.close()
 
         failed = _audit_command(url)
         assert failed.returncode == 1
         assert "wallet_negative" in failed.stdout
+
+
+async def test_an_asset_added_by_a_dba_gets_its_house_accounts(service_urls: tuple[str, str]) -> None:
+    async with fresh_database(service_urls[0]) as url:
+        conn = await asyncpg.connect(url, server_settings={"search_path": SCHEMA})
+        try:
+            await conn.execute("INSERT INTO assets (code, scale, max_amount) VALUES ('DOGE', 8, 1000000000)")
+            kinds = await conn.fetch("SELECT kind FROM accounts WHERE asset = 'DOGE' ORDER BY kind")
+            assert [row["kind"] for row in kinds] == ["external", "fees", "market"]
+            user_id = await conn.fetchval(
+                "INSERT INTO users (email, password_hash) VALUES ('d@o.ge', 'x') RETURNING id"
+            )
+            moved = await conn.fetchrow("SELECT * FROM deposit($1, 'DOGE', 42, 'k1')", user_id)
+            assert moved["balance_after"] == 42
+            assert await repo.audit(conn) == []
+        finally:
+            await conn.close()

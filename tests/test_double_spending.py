@@ -9,7 +9,10 @@ from decimal import Decimal
 
 import asyncpg
 import httpx
-from conftest import Account, audit, balance, move
+import msgspec
+from conftest import Account, audit, balance, key, ledger_counts, move, register_and_login, running_server
+
+from exchange.config import Settings
 
 
 async def test_fifty_concurrent_withdrawals_never_overdraw(
@@ -41,16 +44,23 @@ async def test_interleaved_deposits_and_withdrawals_keep_the_books(
 
     answers = await asyncio.gather(*(move(client, peggy, kind, str(amount)) for kind, amount in plan))
 
-    expected = Decimal("100")
-    for (kind, amount), answer in zip(plan, answers, strict=True):
+    succeeded = []
+    for (kind, _amount), answer in zip(plan, answers, strict=True):
         if answer.status_code == 201:
-            expected += amount if kind == "deposit" else -amount
+            succeeded.append(answer.json())
         else:
             assert kind == "withdraw"
             assert (answer.status_code, answer.json()["error"]["code"]) == (409, "insufficient_funds")
-    assert Decimal(await balance(client, peggy)) == expected >= 0
-    # Every balance_after the server answered is a real point on the wallet's path.
-    assert min(Decimal(a.json()["balance_after"]) for a in answers if a.status_code == 201) >= 0
+    assert {t["kind"] for t in succeeded} == {"deposit", "withdrawal"}
+    # The wallet lock serialises the movements, in transaction-id order: replaying them in
+    # that order from 100 must meet every balance_after the server answered, never below 0.
+    running = Decimal("100")
+    for transaction in sorted(succeeded, key=lambda t: t["id"]):
+        amount = Decimal(transaction["amount"])
+        running += amount if transaction["kind"] == "deposit" else -amount
+        assert running >= 0
+        assert Decimal(transaction["balance_after"]) == running, transaction
+    assert Decimal(await balance(client, peggy)) == running
     assert await audit(db) == []
 
 
@@ -68,4 +78,29 @@ async def test_storms_on_many_users_at_once_keep_the_books(
     assert sum(a.status_code == 201 for a in answers) == 5 * 7  # 7 x 4 <= 30 < 8 x 4
     for user in users:
         assert await balance(client, user) == "2.00"
+    assert await audit(db) == []
+
+
+async def test_a_wallet_locked_too_long_answers_503_and_the_retry_succeeds(
+    settings: Settings, db: asyncpg.Pool
+) -> None:
+    """A wait for a row lock is bounded (DB_LOCK_TIMEOUT_MS): the request is rolled back
+    whole, answers 503, and the retry with the same Idempotency-Key goes through."""
+    impatient = msgspec.structs.replace(settings, db_lock_timeout_ms=200)
+    async with running_server(impatient) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
+        quentin = await register_and_login(http)
+        assert (await move(http, quentin, "deposit", "10")).status_code == 201
+        before = await ledger_counts(db)
+        k = key()
+        async with db.acquire() as dba, dba.transaction():
+            # A DBA (or a stuck session) holds the wallet's row lock.
+            await dba.execute("SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE", quentin.id)
+            blocked = await move(http, quentin, "withdraw", "4", idempotency_key=k)
+            assert blocked.status_code == 503
+            assert blocked.json()["error"]["code"] == "service_unavailable"
+            assert blocked.headers["retry-after"] == "1"
+        assert await ledger_counts(db) == before
+        retried = await move(http, quentin, "withdraw", "4", idempotency_key=k)
+        assert retried.status_code == 201
+        assert await balance(http, quentin) == "6.00"
     assert await audit(db) == []

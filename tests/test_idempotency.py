@@ -49,7 +49,7 @@ async def test_same_key_with_another_request_is_422(
     for kind, amount, asset in [
         ("deposit", "11", "USDT"),  # other amount
         ("withdraw", "10", "USDT"),  # other kind
-        ("deposit", "10", "BTC"),  # other asset (another wallet: caught by the unique key)
+        ("deposit", "10", "BTC"),  # other asset, so another wallet
     ]:
         answer = await move(client, heidi, kind, amount, asset=asset, idempotency_key=k)
         assert answer.status_code == 422, (kind, amount, asset, answer.text)
@@ -98,4 +98,25 @@ async def test_twenty_concurrent_requests_with_one_key_make_one_transaction(
     assert sum("idempotency-replayed" not in a.headers for a in answers) == 1
     assert await _transactions_with_key(db, niaj, k) == 1
     assert await balance(client, niaj) == "7.77"
+    assert await audit(db) == []
+
+
+async def test_one_key_sent_at_once_for_different_assets_moves_only_one(
+    client: httpx.AsyncClient, db: asyncpg.Pool, new_user: Callable[[], Awaitable[Account]]
+) -> None:
+    """Different assets lock different wallets, so these calls do not queue on one lock:
+    the UNIQUE (user_id, idempotency_key) constraint is what refuses all but one."""
+    assets = ["USDT", "BTC", "ETH", "SOL", "BNB"]
+    for _ in range(5):
+        oscar = await new_user()
+        k = key()
+        answers = await asyncio.gather(
+            *(move(client, oscar, "deposit", "1", asset, idempotency_key=k) for asset in assets)
+        )
+        statuses = sorted(a.status_code for a in answers)
+        assert statuses == [201, 422, 422, 422, 422], [a.text for a in answers]
+        assert {a.json()["error"]["code"] for a in answers if a.status_code == 422} == {
+            "idempotency_key_reused"
+        }
+        assert await _transactions_with_key(db, oscar, k) == 1
     assert await audit(db) == []

@@ -192,3 +192,21 @@ async def test_unknown_asset_missing_or_bad_key_and_overdraft(
     assert await ledger_counts(db) == before
     assert await balance(client, frank) == "10.00"
     assert await audit(db) == []
+
+
+async def test_values_the_database_cannot_hold_are_400_not_500(
+    client: httpx.AsyncClient, new_user: Callable[[], Awaitable[Account]]
+) -> None:
+    walter = await new_user()
+    too_big = "99999999999999999999"
+    for path in (f"/api/v1/transactions/{too_big}", f"/api/v1/transactions?before={too_big}"):
+        answer = await client.get(path, headers=walter.headers)
+        assert (answer.status_code, answer.json()["error"]["code"]) == (400, "validation_error"), path
+    nul_email = await client.post(
+        "/api/v1/auth/register", json={"email": "a\u0000b@c.de", "password": "x" * 12}
+    )
+    assert (nul_email.status_code, nul_email.json()["error"]["code"]) == (400, "validation_error")
+    nul_login = await client.post(
+        "/api/v1/auth/token", data={"username": "a\u0000b@c.de", "password": "x" * 12}
+    )
+    assert (nul_login.status_code, nul_login.json()["error"]["code"]) == (400, "validation_error")

@@ -6,12 +6,12 @@ from typing import Annotated
 
 from litestar import Request, get
 from litestar.datastructures import State
-from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.params import FromQuery, PathParameter, QueryParameter
 
 from exchange import repo
 from exchange.errors import ExchangeError, documented
 from exchange.routes.wallets import asset_code
-from exchange.schemas import Transaction, TransactionKind, TransactionPage
+from exchange.schemas import ID_MAX, Transaction, TransactionKind, TransactionPage
 from exchange.security import AuthUser
 
 PAGE_SIZE_MAX = 100
@@ -28,7 +28,7 @@ async def list_transactions(
     state: State,
     limit: Annotated[int, QueryParameter(ge=1, le=PAGE_SIZE_MAX, description="page size")] = 50,
     before: Annotated[
-        int | None, QueryParameter(ge=1, description="`next_before` of the previous page")
+        int | None, QueryParameter(ge=1, le=ID_MAX, description="`next_before` of the previous page")
     ] = None,
     kind: FromQuery[TransactionKind | None] = None,
     asset: Annotated[str | None, QueryParameter(max_length=12)] = None,
@@ -48,7 +48,9 @@ async def list_transactions(
     responses=documented(400, 401, 404, 503),
 )
 async def get_transaction(
-    transaction_id: FromPath[int], request: Request[AuthUser, str, State], state: State
+    transaction_id: Annotated[int, PathParameter(ge=1, le=ID_MAX)],
+    request: Request[AuthUser, str, State],
+    state: State,
 ) -> Transaction:
     transaction = await repo.transaction_for_user(state.pool, transaction_id, request.user.id)
     if transaction is None:

@@ -77,6 +77,22 @@ CREATE TABLE accounts (
 
 CREATE UNIQUE INDEX accounts_house_key ON accounts (kind, asset) WHERE user_id IS NULL;
 
+-- Every asset has its three house accounts, including an asset a DBA adds later.
+CREATE FUNCTION create_house_accounts()
+RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO accounts (asset, kind)
+    SELECT NEW.code, k.kind
+    FROM (VALUES ('external'), ('market'), ('fees')) AS k (kind);
+    RETURN NEW;
+END;
+$$;
+
+CREATE TRIGGER assets_house_accounts
+AFTER INSERT ON assets
+FOR EACH ROW EXECUTE FUNCTION create_house_accounts();
+
 INSERT INTO accounts (asset, kind)
 SELECT a.code, k.kind
 FROM assets AS a
