@@ -85,7 +85,6 @@ async def migrate(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[s
                 );
                 """
             )
-            await _default_search_path(conn)
             applied = {row["version"] for row in await conn.fetch("SELECT version FROM schema_migrations")}
             for path in migration_files(directory):
                 if path.stem in applied:
@@ -101,19 +100,3 @@ async def migrate(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[s
         await conn.close()
     return applied_now
 
-
-async def _default_search_path(conn: asyncpg.Connection) -> None:
-    """Make psql sessions on this database find the schema, so a DBA can paste any
-    sql/queries file as it stands. Needs ownership of the database; optional."""
-    try:
-        await conn.execute(
-            f"""
-            DO $$
-            BEGIN
-                EXECUTE format('ALTER DATABASE %I SET search_path = {SCHEMA}, public', current_database());
-            END
-            $$;
-            """
-        )
-    except asyncpg.InsufficientPrivilegeError:
-        log.warning("cannot set the database's default search_path; run SET search_path = %s in psql", SCHEMA)
