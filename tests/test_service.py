@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import msgspec
@@ -150,3 +151,9 @@ async def test_exchange_migrate_applies_pending_files_once(service_urls: tuple[s
         assert f"applied {len(migration_files())} migration(s)" in first.stdout
         second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
         assert "none pending" in second.stdout
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for field in msgspec.structs.fields(Settings):
+        assert f"`{field.name.upper()}`" in readme, field.name
