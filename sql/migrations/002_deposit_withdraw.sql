@@ -15,6 +15,11 @@
 -- and different requests may lock different wallets; then UNIQUE (user_id,
 -- idempotency_key) refuses the later insert (23505 on transactions_user_key), which
 -- the application also reports as idempotency_key_reused.
+--
+-- Helpers are PL/pgSQL rather than LANGUAGE sql: PostgreSQL 15 plans the body of a
+-- SQL function again on every call, while PL/pgSQL keeps its plans per connection.
+-- Work that needs no lock (amount checks, house account look-up) runs before the
+-- wallet is locked, so the lock is held only for the statements that need it.
 
 -- What every money function returns: the API's view of one transaction, plus whether
 -- it is a replay of an earlier call with the same idempotency key.
@@ -35,24 +40,37 @@ CREATE TYPE movement_result AS (
     replayed             boolean
 );
 
+-- Built the same way for a first call and for its replays, so both answer the same body.
 CREATE FUNCTION movement_result(p_transaction_id bigint, p_replayed boolean)
 RETURNS movement_result
-LANGUAGE sql STABLE AS $$
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_result  movement_result;
+BEGIN
     SELECT t.id, t.kind, t.asset, t.amount, t.balance_after, t.symbol, t.quote_asset,
            t.price, t.quote_qty, t.fee, t.fee_asset, t.price_at, t.created_at, p_replayed
+    INTO v_result
     FROM transactions AS t
-    WHERE t.id = p_transaction_id
+    WHERE t.id = p_transaction_id;
+    RETURN v_result;
+END;
 $$;
 
 -- The house account of one kind ('external', 'market', 'fees') for one asset.
+-- Served by accounts_house_key.
 CREATE FUNCTION house_account(p_kind text, p_asset text)
 RETURNS bigint
-LANGUAGE sql STABLE AS $$
-    SELECT a.id
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_id  bigint;
+BEGIN
+    SELECT a.id INTO v_id
     FROM accounts AS a
     WHERE a.user_id IS NULL
       AND a.kind = p_kind
-      AND a.asset = p_asset
+      AND a.asset = p_asset;
+    RETURN v_id;
+END;
 $$;
 
 -- The amount, checked against the asset (EX001, EX002, EX003) and written at the
@@ -131,15 +149,16 @@ BEGIN
 END;
 $$;
 
--- Post a movement between a user's wallet (already locked by the caller) and the house
--- `external` account: the wallet changes by p_delta (+ deposit, - withdrawal), and the
--- transaction is written with two entries that sum to zero. Returns the transaction id.
-CREATE FUNCTION post_external_movement(
+-- Post a movement between a user's wallet (already locked by the caller) and a house
+-- account: the wallet changes by p_delta (+ deposit, - withdrawal), and the transaction
+-- is written with two entries that sum to zero. Returns the transaction id.
+CREATE FUNCTION post_wallet_movement(
     p_user_id bigint,
     p_kind text,
     p_idempotency_key text,
     p_request_hash bytea,
     p_wallet_id bigint,
+    p_house_account_id bigint,
     p_asset text,
     p_delta numeric
 )
@@ -161,7 +180,7 @@ BEGIN
 
     INSERT INTO entries (transaction_id, account_id, asset, amount)
     VALUES (v_tx_id, p_wallet_id, p_asset, p_delta),
-           (v_tx_id, house_account('external', p_asset), p_asset, -p_delta);
+           (v_tx_id, p_house_account_id, p_asset, -p_delta);
     RETURN v_tx_id;
 END;
 $$;
@@ -172,10 +191,11 @@ CREATE FUNCTION deposit(p_user_id bigint, p_asset text, p_amount numeric, p_idem
 RETURNS movement_result
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_amount  numeric := checked_amount(p_asset, p_amount);
-    v_hash    bytea := sha256(convert_to(concat_ws(' ', 'deposit', p_asset, v_amount), 'UTF8'));
-    v_wallet  record;
-    v_tx_id   bigint;
+    v_amount       numeric := checked_amount(p_asset, p_amount);
+    v_hash         bytea := sha256(convert_to(concat_ws(' ', 'deposit', p_asset, v_amount), 'UTF8'));
+    v_external_id  bigint := house_account('external', p_asset);
+    v_wallet       record;
+    v_tx_id        bigint;
 BEGIN
     SELECT * INTO v_wallet FROM lock_wallet(p_user_id, p_asset);
     v_tx_id := earlier_transaction(p_user_id, p_idempotency_key, v_hash);
@@ -183,8 +203,8 @@ BEGIN
         RETURN movement_result(v_tx_id, true);
     END IF;
 
-    v_tx_id := post_external_movement(p_user_id, 'deposit', p_idempotency_key, v_hash,
-                                      v_wallet.wallet_id, p_asset, v_amount);
+    v_tx_id := post_wallet_movement(p_user_id, 'deposit', p_idempotency_key, v_hash,
+                                    v_wallet.wallet_id, v_external_id, p_asset, v_amount);
     RETURN movement_result(v_tx_id, false);
 END;
 $$;
@@ -195,10 +215,11 @@ CREATE FUNCTION withdraw(p_user_id bigint, p_asset text, p_amount numeric, p_ide
 RETURNS movement_result
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_amount  numeric := checked_amount(p_asset, p_amount);
-    v_hash    bytea := sha256(convert_to(concat_ws(' ', 'withdrawal', p_asset, v_amount), 'UTF8'));
-    v_wallet  record;
-    v_tx_id   bigint;
+    v_amount       numeric := checked_amount(p_asset, p_amount);
+    v_hash         bytea := sha256(convert_to(concat_ws(' ', 'withdrawal', p_asset, v_amount), 'UTF8'));
+    v_external_id  bigint := house_account('external', p_asset);
+    v_wallet       record;
+    v_tx_id        bigint;
 BEGIN
     SELECT * INTO v_wallet FROM lock_wallet(p_user_id, p_asset);
     v_tx_id := earlier_transaction(p_user_id, p_idempotency_key, v_hash);
@@ -213,8 +234,8 @@ BEGIN
                                        'requested', v_amount::text)::text;
     END IF;
 
-    v_tx_id := post_external_movement(p_user_id, 'withdrawal', p_idempotency_key, v_hash,
-                                      v_wallet.wallet_id, p_asset, -v_amount);
+    v_tx_id := post_wallet_movement(p_user_id, 'withdrawal', p_idempotency_key, v_hash,
+                                    v_wallet.wallet_id, v_external_id, p_asset, -v_amount);
     RETURN movement_result(v_tx_id, false);
 END;
 $$;
