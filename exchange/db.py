@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 
 import asyncpg
-import msgspec
 
 from exchange.config import Settings
 from exchange.money import Money
@@ -24,13 +23,6 @@ MIGRATION_LOCK_KEY = 0x65786368  # "exch"
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # numeric arrives as PostgreSQL's text (never exponent notation) and becomes Money.
     await conn.set_type_codec("numeric", schema="pg_catalog", encoder=str, decoder=Money, format="text")
-    for name in ("json", "jsonb"):
-        await conn.set_type_codec(
-            name,
-            schema="pg_catalog",
-            encoder=lambda value: msgspec.json.encode(value).decode(),
-            decoder=msgspec.json.decode,
-        )
 
 
 async def create_pool(settings: Settings) -> asyncpg.Pool:
@@ -99,4 +91,3 @@ async def migrate(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[s
     finally:
         await conn.close()
     return applied_now
-

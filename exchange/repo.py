@@ -66,12 +66,12 @@ async def transactions_for_user(
     limit: int,
 ) -> list[Transaction]:
     rows = await pool.fetch(Q.transactions_for_user, user_id, before, kind, asset, limit)
-    return [_transaction(row) for row in rows]
+    return [Transaction(**row) for row in rows]
 
 
 async def transaction_for_user(pool: Pool, transaction_id: int, user_id: int) -> Transaction | None:
     row = await pool.fetchrow(Q.transaction_for_user, transaction_id, user_id)
-    return None if row is None else _transaction(row)
+    return None if row is None else Transaction(**row)
 
 
 async def deposit(
@@ -97,10 +97,6 @@ async def audit(pool: Executor) -> list[Violation]:
 
 async def ping(pool: Pool) -> None:
     await pool.fetchval(Q.ping)
-
-
-def _transaction(row: asyncpg.Record) -> Transaction:
-    return Transaction(**row)
 
 
 def _movement(row: Any) -> tuple[Transaction, bool]:
