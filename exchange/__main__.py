@@ -1,4 +1,4 @@
-"""The `exchange` command: serve | migrate | create-admin | audit."""
+"""The `exchange` command: serve | migrate | create-admin | audit | fake-binance."""
 
 from __future__ import annotations
 
@@ -9,11 +9,15 @@ import logging
 import os
 import sys
 
+import msgspec
+
 from exchange import repo
 from exchange.config import Settings, settings_from_env
 from exchange.db import connect, migrate
 from exchange.errors import ExchangeError
+from exchange.fake_binance import create_fake_binance, serve_in_thread
 from exchange.security import check_password_rules, hash_password
+from exchange.sockets import listening_socket
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", help="bind address (HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (PORT, default 8000)")
     serve.add_argument("--workers", type=int, help="worker processes (WORKERS, default: one per core)")
+    serve.add_argument(
+        "--fake-binance",
+        action="store_true",
+        help="run offline: start the local Binance stand-in and take prices from it (FAKE_BINANCE)",
+    )
 
     commands.add_parser("migrate", help="apply pending migrations and exit")
 
@@ -37,10 +46,17 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("audit", help="check every ledger invariant; exit 1 on any violation")
 
+    fake = commands.add_parser("fake-binance", help="serve the local stand-in for Binance's REST API")
+    fake.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    fake.add_argument("--port", type=int, default=9100, help="port (default 9100)")
+    fake.add_argument("--seed", type=int, default=1, help="random-walk seed: same seed, same prices")
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = settings_from_env()
     if args.command == "serve":
+        if args.fake_binance:
+            settings = msgspec.structs.replace(settings, fake_binance=True)
         return serve_command(settings, args.host, args.port, args.workers)
     if args.command == "migrate":
         applied = asyncio.run(migrate(settings.database_url))
@@ -50,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(create_admin(settings, args.email, args.password_stdin))
     if args.command == "audit":
         return asyncio.run(audit_command(settings))
+    if args.command == "fake-binance":
+        return fake_binance_command(args.host, args.port, args.seed)
     parser.error(f"unknown command {args.command}")
     return 2
 
@@ -58,6 +76,12 @@ def serve_command(settings: Settings, host: str | None, port: int | None, worker
     import uvicorn
 
     asyncio.run(migrate(settings.database_url))
+    if settings.fake_binance:
+        # The workers read BINANCE_URL from the environment they inherit.
+        os.environ["BINANCE_URL"] = serve_in_thread(settings.fake_binance_seed)
+        logging.getLogger("exchange").info(
+            "offline mode: prices come from the local Binance stand-in at %s", os.environ["BINANCE_URL"]
+        )
     uvicorn.run(
         "exchange.app:create_app",
         factory=True,
@@ -69,6 +93,15 @@ def serve_command(settings: Settings, host: str | None, port: int | None, worker
         http="auto",
         log_level=settings.log_level,
     )
+    return 0
+
+
+def fake_binance_command(host: str, port: int, seed: int) -> int:
+    import uvicorn
+
+    print(f"Binance stand-in on http://{host}:{port} (seed {seed}); control: /_fake/stats, /_fake/faults")
+    sock = listening_socket(host, port)
+    uvicorn.Server(uvicorn.Config(create_fake_binance(seed), log_level="warning")).run(sockets=[sock])
     return 0
 
 

@@ -1,4 +1,5 @@
-"""create_app(settings) -> Litestar. The lifespan opens the pool and Redis, closes them."""
+"""create_app(settings) -> Litestar. The lifespan opens the pool, Redis, the Binance
+client and the price feed, and closes them in reverse order."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 import redis.asyncio as aioredis
 from litestar import Litestar, Router
 from litestar.middleware import DefineMiddleware
@@ -13,12 +15,16 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, OAuthFlow, OAuthFlows, SecurityScheme
 
-from exchange import __version__
+from exchange import __version__, repo
 from exchange.config import Settings, settings_from_env
 from exchange.db import create_pool
 from exchange.errors import exception_handlers
 from exchange.money import Money
-from exchange.routes import auth, health, orders, transactions, users, wallets
+from exchange.prices.binance import BinanceClient, create_http_client
+from exchange.prices.cache import PriceCache
+from exchange.prices.feed import PriceFeed
+from exchange.prices.stream import PriceStream
+from exchange.routes import auth, health, orders, prices, transactions, users, wallets
 from exchange.routes.admin import admin_router
 from exchange.security import BearerAuthMiddleware, hash_password
 
@@ -29,6 +35,8 @@ REDIS_TIMEOUT_SECONDS = 2.0
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or settings_from_env()
     logging.basicConfig(level=settings.log_level.upper())
+    # httpx logs every request at INFO: one line per price poll is noise.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -42,13 +50,38 @@ def create_app(settings: Settings | None = None) -> Litestar:
         )
         # Logins for unknown emails check against this, so they take as long as real ones.
         state.dummy_password_hash = await hash_password("not-a-real-password", settings.bcrypt_rounds)
+        state.http = create_http_client(settings)
+        state.prices = _price_cache(settings, state.redis, state.http, await repo.market_symbols(state.pool))
+        state.price_stream = PriceStream(
+            state.redis,
+            prefix=settings.redis_prefix,
+            fresh_ms=settings.price_cache_ttl_ms,
+            max_clients=settings.ws_max_connections,
+            queue_size=settings.ws_queue_size,
+        )
+        state.price_feed = PriceFeed(
+            state.redis,
+            state.prices,
+            prefix=settings.redis_prefix,
+            poll_ms=settings.price_poll_ms,
+            lease_ms=settings.price_feed_lease_ms,
+        )
+        state.price_stream.start()
+        if settings.price_poll_ms:
+            state.price_feed.start()
         try:
             yield
         finally:
+            await state.price_feed.stop()
+            await state.price_stream.stop()
+            await state.http.aclose()
             await state.redis.aclose()
             await state.pool.close()
 
-    public = Router(path=API_PREFIX, route_handlers=[auth.register, auth.token])
+    public = Router(
+        path=API_PREFIX,
+        route_handlers=[auth.register, auth.token, prices.list_prices, prices.get_price, prices.price_stream],
+    )
     private = Router(
         path=API_PREFIX,
         route_handlers=[
@@ -73,6 +106,22 @@ def create_app(settings: Settings | None = None) -> Litestar:
         openapi_config=_openapi_config(),
         type_encoders={Money: str},
         debug=False,
+    )
+
+
+def _price_cache(
+    settings: Settings, redis: aioredis.Redis, http: httpx.AsyncClient, symbols: list[str]
+) -> PriceCache:
+    attempts = settings.binance_max_attempts
+    return PriceCache(
+        redis,
+        BinanceClient(http, attempts),
+        prefix=settings.redis_prefix,
+        symbols=symbols,
+        fresh_ms=settings.price_cache_ttl_ms,
+        stale_max_ms=settings.price_stale_max_ms,
+        # Long enough for every attempt to time out and back off (binance.py).
+        refresh_budget_ms=attempts * (settings.binance_timeout_ms + 1_000),
     )
 
 

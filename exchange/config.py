@@ -30,6 +30,30 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Every Redis key this deployment writes starts with this (tests use their own).
     redis_prefix: Annotated[str, msgspec.Meta(max_length=64)] = "exchange:"
     binance_url: str = "https://api.binance.com"
+    # Each request to Binance gets this long per phase (connect, read...) and at most
+    # BINANCE_MAX_ATTEMPTS tries with backoff; then the price is unavailable (503).
+    binance_timeout_ms: Annotated[int, msgspec.Meta(ge=50, le=30_000)] = 2_000
+    binance_max_attempts: Annotated[int, msgspec.Meta(ge=1, le=5)] = 3
+    binance_max_connections: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
+    # `exchange serve` starts the local Binance stand-in and uses it instead of
+    # BINANCE_URL, so the product runs offline (also `exchange serve --fake-binance`).
+    fake_binance: bool = False
+    fake_binance_seed: int = 1
+    # A cached price is served while younger than this; older, it is fetched again.
+    price_cache_ttl_ms: Annotated[int, msgspec.Meta(ge=50, le=3_600_000)] = 5_000
+    # While Binance fails, a price up to this old is served marked `stale`; older -> 503.
+    price_stale_max_ms: Annotated[int, msgspec.Meta(ge=50, le=86_400_000)] = 60_000
+    # The elected poller refreshes every market this often; 0 turns the feed off.
+    price_poll_ms: Annotated[int, msgspec.Meta(ge=0, le=60_000)] = 1_000
+    # The poller's lease: if its worker dies, another takes over within this long.
+    price_feed_lease_ms: Annotated[int, msgspec.Meta(ge=300, le=60_000)] = 3_000
+    # WebSocket limits, per worker and per connection. A client more than
+    # WS_QUEUE_SIZE messages behind, or whose socket takes longer than
+    # WS_SEND_TIMEOUT_MS to take one, is disconnected.
+    ws_max_connections: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1_000
+    ws_max_symbols: Annotated[int, msgspec.Meta(ge=1, le=1_000)] = 20
+    ws_queue_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 64
+    ws_send_timeout_ms: Annotated[int, msgspec.Meta(ge=10, le=60_000)] = 5_000
     jwt_secret: Annotated[str, msgspec.Meta(min_length=32)] = DEV_JWT_SECRET
     jwt_ttl_seconds: Annotated[int, msgspec.Meta(ge=60, le=86_400)] = 3600
     # bcrypt cost; tests lower it to keep the suite fast.
@@ -58,6 +82,10 @@ def settings_from_env(environ: dict[str, str] | None = None, **overrides: object
         raise SystemExit(f"invalid configuration: {exc}") from None
     if settings.db_pool_min_size > settings.db_pool_max_size:
         raise SystemExit("invalid configuration: DB_POOL_MIN_SIZE is above DB_POOL_MAX_SIZE")
+    if settings.price_stale_max_ms < settings.price_cache_ttl_ms:
+        raise SystemExit("invalid configuration: PRICE_STALE_MAX_MS is below PRICE_CACHE_TTL_MS")
+    if 0 < settings.price_poll_ms < 50:
+        raise SystemExit("invalid configuration: PRICE_POLL_MS must be 0 (off) or at least 50")
     if settings.jwt_secret == DEV_JWT_SECRET:
         if settings.exchange_env == "production":
             raise SystemExit("JWT_SECRET must be set in production (EXCHANGE_ENV=production)")

@@ -105,12 +105,13 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     400: "`validation_error`: malformed body, wrong types, unknown or missing fields; `details` names them",
     401: "`unauthorized` (no, expired or invalid token) or `invalid_credentials` (login)",
     403: "`forbidden` (admins only) or `user_disabled`",
-    404: "`not_found` (also another user's resource) or `unknown_asset`",
+    404: "`not_found` (also another user's resource), `unknown_asset` or `unknown_symbol`",
     409: "`email_taken` or `insufficient_funds`",
     413: "`payload_too_large`",
     422: "`invalid_amount`, `too_many_decimals`, `idempotency_key_reused`, `password_too_short`, "
     "`password_too_long`",
-    503: "`service_unavailable`: PostgreSQL or Redis unreachable; retry after `Retry-After`",
+    503: "`service_unavailable` (PostgreSQL or Redis unreachable) or `price_unavailable` (Binance "
+    "not answering and no recent price); retry after `Retry-After`",
 }
 
 

@@ -17,3 +17,10 @@ class Money(Decimal):
         return format(self, "f")
 
     __repr__ = Decimal.__repr__
+
+
+def encode_money(value: object) -> str:
+    """msgspec enc_hook: msgspec encodes Decimal itself but not its subclasses."""
+    if isinstance(value, Money):
+        return str(value)
+    raise NotImplementedError(f"cannot encode {type(value).__name__}")

@@ -103,3 +103,7 @@ def _movement(row: Any) -> tuple[Transaction, bool]:
     fields = dict(row)
     replayed = fields.pop("replayed")
     return Transaction(**fields), replayed
+
+
+async def market_symbols(pool: Executor) -> list[str]:
+    return [row["symbol"] for row in await pool.fetch(Q.market_symbols)]

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from exchange.errors import ExchangeError
+from exchange.errors import ErrorDetail, ExchangeError
 
 # No spaces or control characters (PostgreSQL text cannot hold NUL).
 EMAIL_PATTERN = r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$"
@@ -128,6 +128,28 @@ class Violation(msgspec.Struct):
 class AuditReport(msgspec.Struct):
     ok: bool
     violations: list[Violation]
+
+
+class Price(msgspec.Struct):
+    """A market's price as Binance last gave it, when we fetched it and how old it is."""
+
+    symbol: str
+    price: Decimal
+    fetched_at: datetime
+    age_ms: int
+    # Older than PRICE_CACHE_TTL_MS: Binance is not answering and this is the last price
+    # it gave (served up to PRICE_STALE_MAX_MS, then 503 price_unavailable).
+    stale: bool
+
+
+class PriceMessage(Price, tag="price", tag_field="type"):
+    """A WebSocket push: {"type": "price", "symbol": ..., "price": ..., ...}."""
+
+
+class StreamError(msgspec.Struct, tag="error", tag_field="type"):
+    """Sent before the server closes a WebSocket: {"type": "error", "error": {...}}."""
+
+    error: ErrorDetail
 
 
 class Health(msgspec.Struct):

@@ -4,7 +4,8 @@ Servers: DATABASE_URL / REDIS_URL if set, else the local defaults; if those do n
 answer and a Docker engine is present, testcontainers starts PostgreSQL and Redis.
 Each run creates its own database (dropped at the end) and its own Redis key prefix.
 The app is served by uvicorn on a free port inside the test's event loop, and the tests
-talk to it over real HTTP with httpx.
+talk to it over real HTTP with httpx. Prices come from the local Binance stand-in
+(exchange/fake_binance.py), served the same way and reached by the app's own httpx client.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -23,12 +24,15 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 import uvicorn
+from litestar.types import ASGIApp
 
 from exchange import repo
 from exchange.app import create_app
 from exchange.config import Settings, settings_from_env
 from exchange.db import SCHEMA, migrate
+from exchange.fake_binance import create_fake_binance
 from exchange.schemas import Violation
+from exchange.sockets import listening_socket
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -115,12 +119,16 @@ async def database_url(service_urls: tuple[str, str]) -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str, service_urls: tuple[str, str]) -> Settings:
+def settings(database_url: str, service_urls: tuple[str, str], fake_binance: FakeBinance) -> Settings:
     return settings_from_env(
         {},
         database_url=database_url,
         redis_url=service_urls[1],
         redis_prefix=f"test:{secrets.token_hex(4)}:",
+        binance_url=fake_binance.url,
+        binance_timeout_ms=500,
+        price_poll_ms=100,
+        price_feed_lease_ms=600,
         jwt_secret=secrets.token_urlsafe(32),
         bcrypt_rounds=4,
         db_pool_max_size=20,
@@ -139,13 +147,11 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 @asynccontextmanager
-async def running_server(settings: Settings) -> AsyncIterator[str]:
-    """The app under uvicorn on a free local port, in this event loop; yields its URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+async def serving(app: ASGIApp) -> AsyncIterator[str]:
+    """An ASGI app under uvicorn on a free local port, in this event loop; yields its URL."""
+    sock = listening_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on", access_log=False)
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
@@ -158,6 +164,50 @@ async def running_server(settings: Settings) -> AsyncIterator[str]:
         server.should_exit = True
         await task
         sock.close()
+
+
+def running_server(settings: Settings) -> AbstractAsyncContextManager[str]:
+    """The exchange under uvicorn (see serving)."""
+    return serving(create_app(settings))
+
+
+class FakeBinance:
+    """The local Binance stand-in (exchange/fake_binance.py) and its control endpoints."""
+
+    def __init__(self, url: str, http: httpx.AsyncClient) -> None:
+        self.url = url
+        self._http = http
+
+    async def stats(self) -> dict[str, Any]:
+        return (await self._http.get(f"{self.url}/_fake/stats")).raise_for_status().json()
+
+    async def upstream_requests(self) -> int:
+        """Requests the stand-in received on Binance's API (control calls excluded)."""
+        return (await self.stats())["requests"]
+
+    async def fail(self, mode: str, *, delay_ms: int = 0, count: int | None = None) -> None:
+        body = {"mode": mode, "delay_ms": delay_ms, "count": count}
+        (await self._http.post(f"{self.url}/_fake/faults", json=body)).raise_for_status()
+
+    async def heal(self) -> None:
+        (await self._http.delete(f"{self.url}/_fake/faults")).raise_for_status()
+
+    async def set_prices(self, prices: dict[str, str], frozen: bool | None = None) -> None:
+        body = {"prices": prices, "frozen": frozen}
+        (await self._http.post(f"{self.url}/_fake/prices", json=body)).raise_for_status()
+
+
+@asynccontextmanager
+async def fake_binance_server(seed: int = 1) -> AsyncIterator[FakeBinance]:
+    async with serving(create_fake_binance(seed)) as url, httpx.AsyncClient(timeout=10) as http:
+        yield FakeBinance(url, http)
+
+
+@pytest.fixture(scope="session")
+async def fake_binance() -> AsyncIterator[FakeBinance]:
+    """The stand-in the session's server takes its prices from."""
+    async with fake_binance_server() as fake:
+        yield fake
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -31,18 +32,31 @@ async def test_concurrent_migrations_apply_each_file_once(service_urls: tuple[st
         assert await migrate(url) == []
 
 
-async def test_exchange_serve_migrates_an_empty_database_then_serves(service_urls: tuple[str, str]) -> None:
+async def test_exchange_serve_migrates_an_empty_database_then_serves_offline(
+    service_urls: tuple[str, str],
+) -> None:
     async with fresh_database(service_urls[0], migrated=False) as url:
         port = _free_port()
         env = {
             **os.environ,
             "DATABASE_URL": url,
             "REDIS_URL": service_urls[1],
+            "REDIS_PREFIX": f"test:{secrets.token_hex(4)}:",
             "BCRYPT_ROUNDS": "4",
             "LOG_LEVEL": "warning",
         }
         server = subprocess.Popen(
-            [sys.executable, "-m", "exchange", "serve", "--port", str(port), "--workers", "2"],
+            [
+                sys.executable,
+                "-m",
+                "exchange",
+                "serve",
+                "--port",
+                str(port),
+                "--workers",
+                "2",
+                "--fake-binance",
+            ],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -75,6 +89,11 @@ async def test_exchange_serve_migrates_an_empty_database_then_serves(service_url
                     "/api/v1/wallets/USDT/deposit", json={"amount": "1"}, headers=headers
                 )
                 assert deposit.status_code == 201
+
+                # --fake-binance: prices come from the stand-in the server started itself.
+                prices = await http.get("/api/v1/prices")
+                assert prices.status_code == 200, prices.text
+                assert [p["symbol"] for p in prices.json()] == ["BNBUSDT", "BTCUSDT", "ETHUSDT", "SOLUSDT"]
         finally:
             server.terminate()
             output, _ = server.communicate(timeout=30)

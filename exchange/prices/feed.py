@@ -1,0 +1,127 @@
+"""The price feed: one poller for the whole deployment, elected through Redis.
+
+Every worker runs a PriceFeed. They compete for a lease, `{prefix}price:feed-leader`
+(SET NX with a TTL of PRICE_FEED_LEASE_MS), which its holder renews three times per
+lease. Only the holder polls: every PRICE_POLL_MS it refreshes all markets in one
+Binance request (through the cache, which stores them) and publishes the prices that
+changed on the `{prefix}prices` channel. If the holder's worker dies, its lease runs out
+and another worker takes over within one lease; a worker that stops cleanly hands the
+lease back at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import time
+from decimal import Decimal
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from exchange.prices.background import Loops
+from exchange.prices.binance import PriceUnavailable, Quote
+from exchange.prices.cache import PriceCache
+
+log = logging.getLogger("exchange.prices.feed")
+
+# Take the lease if it is free, or renew it if it is ours; 1 if we hold it afterwards.
+_ACQUIRE_OR_RENEW = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return 1
+end
+if not holder then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return 1
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+encode_quotes = msgspec.json.Encoder().encode
+decode_quotes = msgspec.json.Decoder(list[Quote]).decode
+
+
+def channel_name(prefix: str) -> str:
+    return f"{prefix}prices"
+
+
+class PriceFeed:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        cache: PriceCache,
+        *,
+        prefix: str,
+        poll_ms: int,
+        lease_ms: int,
+    ) -> None:
+        self._redis = redis
+        self._cache = cache
+        self._poll_seconds = poll_ms / 1000
+        self._lease_ms = lease_ms
+        self._lease_key = f"{prefix}price:feed-leader"
+        self._channel = channel_name(prefix)
+        self._acquire = redis.register_script(_ACQUIRE_OR_RENEW)
+        self._release = redis.register_script(_RELEASE)
+        self.worker_id = secrets.token_hex(8)
+        self.is_leader = False
+        self.polls = 0
+        self._published: dict[str, Decimal] = {}
+        self._loops = Loops()
+
+    def start(self) -> None:
+        self._loops.start(self._keep_lease(), "price-feed-lease")
+        self._loops.start(self._poll(), "price-feed-poll")
+
+    async def stop(self) -> None:
+        await self._loops.stop()
+        if self.is_leader:
+            self.is_leader = False
+            with contextlib.suppress(RedisError):
+                await self._release(keys=[self._lease_key], args=[self.worker_id])
+
+    async def _keep_lease(self) -> None:
+        while not self._loops.stopping.is_set():
+            try:
+                held = await self._acquire(keys=[self._lease_key], args=[self.worker_id, self._lease_ms])
+            except RedisError as exc:
+                held = 0  # cannot prove we hold it: stop polling until Redis answers
+                log.warning("price feed lease unreachable (%s)", type(exc).__name__)
+            if bool(held) != self.is_leader:
+                log.info("price feed: this worker %s the poller", "is now" if held else "is no longer")
+                self._published.clear()  # a new leader publishes every price once
+            self.is_leader = bool(held) and not self._loops.stopping.is_set()
+            await self._loops.pause(self._lease_ms / 3000)
+
+    async def _poll(self) -> None:
+        while not self._loops.stopping.is_set():
+            started = time.monotonic()
+            if self.is_leader:
+                await self.poll_once()
+            await self._loops.pause(max(0.0, self._poll_seconds - (time.monotonic() - started)))
+
+    async def poll_once(self) -> None:
+        """Refresh every market and publish what changed since the last publication."""
+        self.polls += 1
+        try:
+            quotes = await self._cache.refresh()
+        except PriceUnavailable as exc:
+            log.warning("price feed: Binance unavailable (%s)", exc.reason)
+            return
+        changed = [q for q in quotes.values() if self._published.get(q.symbol) != q.price]
+        if not changed:
+            return
+        try:
+            await self._redis.publish(self._channel, encode_quotes(changed))
+        except RedisError as exc:
+            log.warning("price feed: not published (%s)", type(exc).__name__)
+            return
+        self._published.update((q.symbol, q.price) for q in changed)

@@ -1,0 +1,132 @@
+"""This worker's end of the price channel: the latest quotes, and its WebSocket clients.
+
+Every worker subscribes once to `{prefix}prices` (published by the elected feed) and
+fans each update out to its own clients. Each client has a bounded queue: a client that
+falls QUEUE_SIZE messages behind is dropped, and nobody else waits for it. If Redis goes
+away the subscription is retried with backoff, so pushes resume when Redis returns.
+
+The Litestar Channels plugin would do the fan-out too, but its subscriber task ends for
+good on a Redis error, and it drops messages rather than slow clients; this module is
+the ~100 lines that give both behaviours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from exchange.money import encode_money
+from exchange.prices.background import Loops
+from exchange.prices.binance import Quote
+from exchange.prices.cache import as_price
+from exchange.prices.feed import channel_name, decode_quotes
+from exchange.schemas import PriceMessage
+
+log = logging.getLogger("exchange.prices.stream")
+
+RECONNECT_FIRST_SECONDS = 0.1
+RECONNECT_MAX_SECONDS = 5.0
+
+_encode = msgspec.json.Encoder(enc_hook=encode_money).encode
+
+
+class TooManyClients(Exception):
+    pass
+
+
+class Subscriber:
+    """One WebSocket client: the symbols it follows and the messages waiting for it."""
+
+    def __init__(self, symbols: Iterable[str], queue_size: int) -> None:
+        self.symbols = frozenset(symbols)
+        self.queue: asyncio.Queue[str] = asyncio.Queue(queue_size)
+        self.dropped = asyncio.Event()
+
+
+class PriceStream:
+    def __init__(
+        self, redis: aioredis.Redis, *, prefix: str, fresh_ms: int, max_clients: int, queue_size: int
+    ):
+        self._redis = redis
+        self._channel = channel_name(prefix)
+        self._fresh_ms = fresh_ms
+        self._max_clients = max_clients
+        self._queue_size = queue_size
+        self._clients: set[Subscriber] = set()
+        self._loops = Loops()
+        self.latest: dict[str, Quote] = {}
+        self.subscribed = asyncio.Event()
+
+    @property
+    def client_count(self) -> int:
+        return len(self._clients)
+
+    def start(self) -> None:
+        self._loops.start(self._listen(), "price-stream")
+
+    async def stop(self) -> None:
+        await self._loops.stop()
+        for client in self._clients:
+            client.dropped.set()
+        self._clients.clear()
+
+    def subscribe(self, symbols: Iterable[str]) -> Subscriber:
+        if len(self._clients) >= self._max_clients:
+            raise TooManyClients
+        client = Subscriber(symbols, self._queue_size)
+        self._clients.add(client)
+        return client
+
+    def unsubscribe(self, client: Subscriber) -> None:
+        self._clients.discard(client)
+
+    def deliver(self, quotes: list[Quote]) -> None:
+        """Remember the quotes and queue each for the clients that follow its symbol."""
+        for quote in quotes:
+            self.latest[quote.symbol] = quote
+        messages = {q.symbol: message_text(q, self._fresh_ms) for q in quotes}
+        for client in list(self._clients):
+            for symbol in client.symbols & messages.keys():
+                try:
+                    client.queue.put_nowait(messages[symbol])
+                except asyncio.QueueFull:
+                    log.info("dropping a WebSocket client %d messages behind", client.queue.qsize())
+                    self._clients.discard(client)
+                    client.dropped.set()
+                    break
+
+    async def _listen(self) -> None:
+        backoff = RECONNECT_FIRST_SECONDS
+        while not self._loops.stopping.is_set():
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self._channel)
+                    self.subscribed.set()
+                    backoff = RECONNECT_FIRST_SECONDS
+                    while not self._loops.stopping.is_set():
+                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                        if message is not None:
+                            self._deliver_raw(message["data"])
+            except (RedisError, OSError) as exc:
+                self.subscribed.clear()
+                log.warning("price channel lost (%s); retrying in %.1f s", type(exc).__name__, backoff)
+                await self._loops.pause(backoff)
+                backoff = min(RECONNECT_MAX_SECONDS, backoff * 2)
+
+    def _deliver_raw(self, data: bytes) -> None:
+        try:
+            quotes = decode_quotes(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            log.warning("ignoring a malformed message on the price channel")
+            return
+        self.deliver(quotes)
+
+
+def message_text(quote: Quote, fresh_ms: int) -> str:
+    price = as_price(quote, fresh_ms)
+    return _encode(PriceMessage(**msgspec.structs.asdict(price))).decode()

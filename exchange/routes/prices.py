@@ -1,0 +1,153 @@
+"""Prices for anyone: GET /prices, GET /prices/{symbol} and WS /ws/prices?symbols=..."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from typing import Annotated, Any
+
+import msgspec
+from litestar import WebSocket, get, websocket
+from litestar.datastructures import State
+from litestar.exceptions import WebSocketDisconnect
+from litestar.params import PathParameter, QueryParameter
+
+from exchange.errors import ErrorDetail, ExchangeError, documented
+from exchange.prices.cache import PriceCache
+from exchange.prices.stream import PriceStream, Subscriber, TooManyClients, message_text
+from exchange.schemas import Price, StreamError
+
+SYMBOL_PATTERN = r"^[A-Za-z0-9]{2,20}$"
+_SYMBOL = re.compile(SYMBOL_PATTERN)
+# RFC 6455 close codes: 1008 policy violation (bad request, too slow), 1013 try again later.
+CLOSE_POLICY = 1008
+CLOSE_TRY_LATER = 1013
+CLOSE_WAIT_SECONDS = 1.0
+
+
+def unknown_symbol(symbols: list[str]) -> ExchangeError:
+    names = ", ".join(symbols)
+    return ExchangeError("unknown_symbol", f"unknown symbol {names}", 404, {"symbols": symbols})
+
+
+def market_symbol(symbol: str, cache: PriceCache) -> str:
+    """Symbols are upper case (`btcusdt` means BTCUSDT); anything not listed is unknown."""
+    name = symbol.upper()
+    if not _SYMBOL.match(symbol) or name not in cache.symbols:
+        raise unknown_symbol([symbol[:20]])
+    return name
+
+
+@get(
+    "/prices",
+    tags=["prices"],
+    summary="Every market's price, with its age",
+    responses=documented(503),
+)
+async def list_prices(state: State) -> list[Price]:
+    return await state.prices.prices()
+
+
+@get(
+    "/prices/{symbol:str}",
+    tags=["prices"],
+    summary="One market's price, with its age",
+    responses=documented(400, 404, 503),
+)
+async def get_price(state: State, symbol: Annotated[str, PathParameter(description="e.g. BTCUSDT")]) -> Price:
+    cache: PriceCache = state.prices
+    return await cache.price(market_symbol(symbol, cache))
+
+
+SymbolsQuery = Annotated[
+    str | None,
+    QueryParameter(
+        description="Comma-separated symbols to follow, e.g. `BTCUSDT,ETHUSDT` (default: every market).",
+        max_length=1_000,
+    ),
+]
+
+
+@websocket("/ws/prices", name="price_stream")
+async def price_stream(socket: WebSocket[Any, Any, State], symbols: SymbolsQuery = None) -> None:
+    """Live prices. After the current price of each symbol, every change is pushed as
+    {"type": "price", ...}. A refused or dropped connection first gets
+    {"type": "error", "error": {"code": ...}} and is then closed (see the README)."""
+    state = socket.app.state
+    cache: PriceCache = state.prices
+    stream: PriceStream = state.price_stream
+    await socket.accept()
+    try:
+        names = _followed_symbols(symbols, cache, state.settings.ws_max_symbols)
+        client = stream.subscribe(names)
+    except ExchangeError as exc:
+        await _refuse(socket, exc.code, exc.message, CLOSE_POLICY, exc.details)
+        return
+    except TooManyClients:
+        await _refuse(
+            socket, "too_many_connections", "this server is at its WebSocket limit", CLOSE_TRY_LATER
+        )
+        return
+    try:
+        for quote in (await cache.read(names)).values():
+            client.queue.put_nowait(message_text(quote, cache.fresh_ms))
+        await _pump(socket, client, state.settings.ws_send_timeout_ms / 1000)
+    finally:
+        stream.unsubscribe(client)
+
+
+def _followed_symbols(raw: str | None, cache: PriceCache, max_symbols: int) -> list[str]:
+    if raw is None or not raw.strip():
+        names = list(cache.symbols)
+    else:
+        names = list(dict.fromkeys(part.strip().upper() for part in raw.split(",")))
+    if len(names) > max_symbols:
+        raise ExchangeError(
+            "too_many_symbols", f"at most {max_symbols} symbols per connection", 400, {"max": max_symbols}
+        )
+    unknown = [name[:20] for name in names if not _SYMBOL.match(name) or name not in cache.symbols]
+    if unknown:
+        raise unknown_symbol(unknown)
+    return names
+
+
+async def _pump(socket: WebSocket[Any, Any, State], client: Subscriber, send_timeout: float) -> None:
+    """Send the client's queued messages until it leaves, is dropped, or stops reading."""
+    reader = asyncio.create_task(_discard_incoming(socket))
+    dropped = asyncio.create_task(client.dropped.wait())
+    sender = asyncio.create_task(_send_queued(socket, client, send_timeout))
+    try:
+        done, _ = await asyncio.wait({reader, dropped, sender}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (reader, dropped, sender):
+            task.cancel()
+        await asyncio.gather(reader, dropped, sender, return_exceptions=True)
+    if reader not in done:  # the client did not leave: it is too slow or we are stopping
+        await _refuse(socket, "too_slow", "the connection fell too far behind and was dropped", CLOSE_POLICY)
+
+
+async def _send_queued(socket: WebSocket[Any, Any, State], client: Subscriber, send_timeout: float) -> None:
+    while True:
+        text = await client.queue.get()
+        try:
+            await asyncio.wait_for(socket.send_text(text), send_timeout)
+        except TimeoutError:
+            return
+
+
+async def _discard_incoming(socket: WebSocket[Any, Any, State]) -> None:
+    """Nothing is expected from the client; reading notices when it leaves."""
+    with contextlib.suppress(WebSocketDisconnect):
+        while True:
+            await socket.receive_data("text")
+
+
+async def _refuse(
+    socket: WebSocket[Any, Any, State], code: str, message: str, close_code: int, details: Any = None
+) -> None:
+    body = StreamError(ErrorDetail(code=code, message=message, details=details))
+    # The client may already be gone or stuck; closing is best effort and bounded.
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(socket.send_text(msgspec.json.encode(body).decode()), CLOSE_WAIT_SECONDS)
+        await asyncio.wait_for(socket.close(code=close_code, reason=code), CLOSE_WAIT_SECONDS)
