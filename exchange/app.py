@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         # Logins for unknown emails check against this, so they take as long as real ones.
         state.dummy_password_hash = await hash_password("not-a-real-password", settings.bcrypt_rounds)
         state.http = create_http_client(settings)
-        state.prices = _price_cache(settings, state.redis, state.http, await repo.market_symbols(state.pool))
+        state.prices = price_cache(settings, state.redis, state.http, await repo.market_symbols(state.pool))
         state.price_stream = PriceStream(
             state.redis,
             prefix=settings.redis_prefix,
@@ -59,13 +59,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             max_clients=settings.ws_max_connections,
             queue_size=settings.ws_queue_size,
         )
-        state.price_feed = PriceFeed(
-            state.redis,
-            state.prices,
-            prefix=settings.redis_prefix,
-            poll_ms=settings.price_poll_ms,
-            lease_ms=settings.price_feed_lease_ms,
-        )
+        state.price_feed = price_feed(settings, state.redis, state.prices)
         state.price_stream.start()
         if settings.price_poll_ms:
             state.price_feed.start()
@@ -109,7 +103,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
 
 
-def _price_cache(
+def price_cache(
     settings: Settings, redis: aioredis.Redis, http: httpx.AsyncClient, symbols: list[str]
 ) -> PriceCache:
     attempts = settings.binance_max_attempts
@@ -122,6 +116,16 @@ def _price_cache(
         stale_max_ms=settings.price_stale_max_ms,
         # Long enough for every attempt to time out and back off (binance.py).
         refresh_budget_ms=attempts * (settings.binance_timeout_ms + 1_000),
+    )
+
+
+def price_feed(settings: Settings, redis: aioredis.Redis, cache: PriceCache) -> PriceFeed:
+    return PriceFeed(
+        redis,
+        cache,
+        prefix=settings.redis_prefix,
+        poll_ms=settings.price_poll_ms,
+        lease_ms=settings.price_feed_lease_ms,
     )
 
 

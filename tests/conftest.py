@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -147,9 +148,15 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 @asynccontextmanager
-async def serving(app: ASGIApp) -> AsyncIterator[str]:
-    """An ASGI app under uvicorn on a free local port, in this event loop; yields its URL."""
+async def serving(app: ASGIApp, send_buffer_bytes: int | None = None) -> AsyncIterator[str]:
+    """An ASGI app under uvicorn on a free local port, in this event loop; yields its URL.
+
+    send_buffer_bytes caps each connection's kernel send buffer (accepted sockets inherit
+    it), as a slow network would: writes to a client that stops reading block sooner.
+    """
     sock = listening_socket("127.0.0.1", 0)
+    if send_buffer_bytes is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_bytes)
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
     server = uvicorn.Server(config)
