@@ -84,6 +84,9 @@ def settings_from_env(environ: dict[str, str] | None = None, **overrides: object
         raise SystemExit("invalid configuration: DB_POOL_MIN_SIZE is above DB_POOL_MAX_SIZE")
     if settings.price_stale_max_ms < settings.price_cache_ttl_ms:
         raise SystemExit("invalid configuration: PRICE_STALE_MAX_MS is below PRICE_CACHE_TTL_MS")
+    if settings.ws_queue_size < settings.ws_max_symbols:
+        # One publication of the feed can bring a message for every symbol at once.
+        raise SystemExit("invalid configuration: WS_QUEUE_SIZE is below WS_MAX_SYMBOLS")
     if 0 < settings.price_poll_ms < 50:
         raise SystemExit("invalid configuration: PRICE_POLL_MS must be 0 (off) or at least 50")
     if settings.jwt_secret == DEV_JWT_SECRET:

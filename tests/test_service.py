@@ -12,9 +12,10 @@ from pathlib import Path
 
 import httpx
 import msgspec
+import pytest
 from conftest import TEST_PASSWORD, fresh_database, running_server
 
-from exchange.config import Settings
+from exchange.config import Settings, settings_from_env
 from exchange.db import migrate, migration_files
 
 
@@ -176,3 +177,24 @@ def test_readme_documents_every_setting() -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     for field in msgspec.structs.fields(Settings):
         assert f"`{field.name.upper()}`" in readme, field.name
+
+
+@pytest.mark.parametrize(
+    ("environ", "complaint"),
+    [
+        ({"PRICE_CACHE_TTL_MS": "10000", "PRICE_STALE_MAX_MS": "5000"}, "PRICE_STALE_MAX_MS"),
+        ({"PRICE_POLL_MS": "10"}, "PRICE_POLL_MS"),
+        ({"WS_QUEUE_SIZE": "4", "WS_MAX_SYMBOLS": "5"}, "WS_QUEUE_SIZE"),
+        ({"BINANCE_MAX_ATTEMPTS": "0"}, "binance_max_attempts"),
+        ({"FAKE_BINANCE": "maybe"}, "fake_binance"),
+        ({"EXCHANGE_ENV": "production"}, "JWT_SECRET"),
+    ],
+)
+def test_bad_settings_stop_the_start_with_a_clear_message(environ: dict[str, str], complaint: str) -> None:
+    with pytest.raises(SystemExit, match=complaint):
+        settings_from_env(environ)
+
+
+def test_settings_read_booleans_and_numbers_from_the_environment() -> None:
+    settings = settings_from_env({"FAKE_BINANCE": "true", "PRICE_POLL_MS": "0", "JWT_SECRET": "x" * 32})
+    assert settings.fake_binance is True and settings.price_poll_ms == 0

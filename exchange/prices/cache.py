@@ -38,7 +38,8 @@ FAILURE_HOLD_SECONDS = 1.0
 # How often a worker that lost the refresh race looks for the winner's answer.
 WAIT_POLL_SECONDS = 0.02
 
-_RELEASE_LOCK = """
+# Delete a lock or lease only if we still hold it (it may have expired and been taken).
+RELEASE_IF_HOLDER = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
@@ -83,7 +84,7 @@ class PriceCache:
         self._refresh_budget_ms = refresh_budget_ms
         self._keys = {symbol: f"{prefix}price:{symbol}" for symbol in self.symbols}
         self._lock_key = f"{prefix}price:refresh-lock"
-        self._release_lock = redis.register_script(_RELEASE_LOCK)
+        self._release_lock = redis.register_script(RELEASE_IF_HOLDER)
         self._inflight: asyncio.Future[dict[str, Quote]] | None = None
         self._failed_until = 0.0
 

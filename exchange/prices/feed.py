@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 
 from exchange.prices.background import Loops
 from exchange.prices.binance import PriceUnavailable, Quote
-from exchange.prices.cache import PriceCache
+from exchange.prices.cache import RELEASE_IF_HOLDER, PriceCache
 
 log = logging.getLogger("exchange.prices.feed")
 
@@ -38,10 +38,6 @@ if not holder then
     redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
     return 1
 end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
@@ -70,7 +66,7 @@ class PriceFeed:
         self._lease_key = f"{prefix}price:feed-leader"
         self._channel = channel_name(prefix)
         self._acquire = redis.register_script(_ACQUIRE_OR_RENEW)
-        self._release = redis.register_script(_RELEASE)
+        self._release = redis.register_script(RELEASE_IF_HOLDER)
         self.worker_id = secrets.token_hex(8)
         self.is_leader = False
         self.polls = 0

@@ -91,7 +91,9 @@ async def price_stream(socket: WebSocket[Any, Any, State], symbols: SymbolsQuery
         return
     try:
         for quote in (await cache.read(names)).values():
-            client.queue.put_nowait(message_text(quote, cache.fresh_ms))
+            # A publication may have filled the queue meanwhile: it is as new as this.
+            with contextlib.suppress(asyncio.QueueFull):
+                client.queue.put_nowait(message_text(quote, cache.fresh_ms))
         await _pump(socket, client, state.settings.ws_send_timeout_ms / 1000)
     finally:
         stream.unsubscribe(client)
