@@ -43,10 +43,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
         state = app.state
         state.settings = settings
         state.pool = await create_pool(settings)
-        state.redis = aioredis.from_url(
-            settings.redis_url,
-            socket_timeout=REDIS_TIMEOUT_SECONDS,
-            socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+        # A blocking pool: under a burst, requests wait (up to the timeout) for a free
+        # connection instead of failing as if Redis were down.
+        state.redis = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                settings.redis_url,
+                max_connections=settings.redis_max_connections,
+                timeout=REDIS_TIMEOUT_SECONDS,
+                socket_timeout=REDIS_TIMEOUT_SECONDS,
+                socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+            )
         )
         # Logins for unknown emails check against this, so they take as long as real ones.
         state.dummy_password_hash = await hash_password("not-a-real-password", settings.bcrypt_rounds)
@@ -58,6 +64,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             fresh_ms=settings.price_cache_ttl_ms,
             max_clients=settings.ws_max_connections,
             queue_size=settings.ws_queue_size,
+            current=state.prices.read_all,
         )
         state.price_feed = price_feed(settings, state.redis, state.prices)
         state.price_stream.start()
@@ -109,12 +116,12 @@ def price_cache(
     attempts = settings.binance_max_attempts
     return PriceCache(
         redis,
-        BinanceClient(http, attempts),
+        BinanceClient(http, attempts, attempt_timeout_seconds=settings.binance_timeout_ms / 1000),
         prefix=settings.redis_prefix,
         symbols=symbols,
         fresh_ms=settings.price_cache_ttl_ms,
         stale_max_ms=settings.price_stale_max_ms,
-        # Long enough for every attempt to time out and back off (binance.py).
+        # Every attempt timing out, plus its backoff (binance.py).
         refresh_budget_ms=attempts * (settings.binance_timeout_ms + 1_000),
     )
 

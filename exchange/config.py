@@ -27,6 +27,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     db_statement_timeout_ms: Annotated[int, msgspec.Meta(ge=100, le=600_000)] = 10_000
     db_lock_timeout_ms: Annotated[int, msgspec.Meta(ge=10, le=600_000)] = 5_000
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Redis connections per worker; a request waits for a free one rather than failing.
+    redis_max_connections: Annotated[int, msgspec.Meta(ge=2, le=10_000)] = 100
     # Every Redis key this deployment writes starts with this (tests use their own).
     redis_prefix: Annotated[str, msgspec.Meta(max_length=64)] = "exchange:"
     binance_url: str = "https://api.binance.com"
@@ -89,6 +91,8 @@ def settings_from_env(environ: dict[str, str] | None = None, **overrides: object
         raise SystemExit("invalid configuration: WS_QUEUE_SIZE is below WS_MAX_SYMBOLS")
     if 0 < settings.price_poll_ms < 50:
         raise SystemExit("invalid configuration: PRICE_POLL_MS must be 0 (off) or at least 50")
+    if settings.fake_binance and settings.exchange_env == "production":
+        raise SystemExit("FAKE_BINANCE serves made-up prices: it is refused when EXCHANGE_ENV=production")
     if settings.jwt_secret == DEV_JWT_SECRET:
         if settings.exchange_env == "production":
             raise SystemExit("JWT_SECRET must be set in production (EXCHANGE_ENV=production)")

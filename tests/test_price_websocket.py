@@ -190,3 +190,17 @@ async def test_a_client_that_falls_queue_size_behind_is_dropped_and_the_others_k
     assert other_symbol.queue.empty()
     assert stream.latest["BTCUSDT"].price == Decimal(5)
     await redis.aclose()
+
+
+async def test_a_first_price_never_follows_a_newer_push(settings: Settings) -> None:
+    """The snapshot is read after subscribing; a push that lands meanwhile is newer and wins."""
+    redis = aioredis.from_url(settings.redis_url)
+    stream = PriceStream(redis, prefix="unused:", fresh_ms=5_000, max_clients=10, queue_size=10)
+    client = stream.subscribe(["BTCUSDT", "ETHUSDT"])
+    stream.deliver([Quote("BTCUSDT", Decimal("70100"), 2_000)])  # the push
+    stream.offer(
+        client, [Quote("BTCUSDT", Decimal("70000"), 1_000), Quote("ETHUSDT", Decimal("3000"), 1_000)]
+    )
+    sent = [msgspec.json.decode(client.queue.get_nowait()) for _ in range(client.queue.qsize())]
+    assert [(m["symbol"], m["price"]) for m in sent] == [("BTCUSDT", "70100"), ("ETHUSDT", "3000")]
+    await redis.aclose()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -184,3 +185,61 @@ async def test_prices_come_straight_from_binance_while_redis_is_down(settings: S
         assert answer.status_code == 200, answer.text
         assert answer.json()["stale"] is False
         assert await fake.upstream_requests() == 1
+
+
+async def test_while_redis_is_down_a_worker_answers_from_its_own_copy(settings: Settings) -> None:
+    """Redis down must not turn every request into a Binance request (and an IP ban)."""
+    async with price_service(settings, redis_url="redis://127.0.0.1:1/0") as (http, fake):
+        answers = [await http.get("/api/v1/prices/BTCUSDT") for _ in range(20)]
+        answers += await asyncio.gather(*(http.get("/api/v1/prices") for _ in range(20)))
+        assert {answer.status_code for answer in answers} == {200}
+        assert await fake.upstream_requests() == 1
+
+
+async def test_an_unreadable_cached_value_is_a_miss_not_a_500(settings: Settings) -> None:
+    async with fake_binance_server() as fake:
+        configured = price_settings(settings, fake)
+        redis = aioredis.from_url(settings.redis_url)
+        await redis.set(f"{configured.redis_prefix}price:BTCUSDT", b'{"not": "a quote"}', px=60_000)
+        async with running_server(configured) as url, httpx.AsyncClient(base_url=url) as http:
+            answer = await http.get("/api/v1/prices/BTCUSDT")
+            assert answer.status_code == 200, answer.text
+            assert await fake.upstream_requests() == 1
+        stored = msgspec.json.decode(await redis.get(f"{configured.redis_prefix}price:BTCUSDT"))
+        assert stored["symbol"] == "BTCUSDT"  # overwritten with a good quote
+        await redis.aclose()
+
+
+async def test_binance_pause_holds_for_every_worker_of_the_deployment(settings: Settings) -> None:
+    """Two workers (two servers on one Redis prefix): after one gets a 429, the other
+    does not ask Binance either until Retry-After has passed."""
+    async with fake_binance_server() as fake:
+        configured = price_settings(settings, fake, price_cache_ttl_ms=100)
+        async with (
+            running_server(configured) as first_url,
+            running_server(configured) as second_url,
+            httpx.AsyncClient() as http,
+        ):
+            await fake.fail("rate_limit", count=1)
+            assert_unavailable(await http.get(f"{first_url}/api/v1/prices/BTCUSDT"))
+            assert await fake.upstream_requests() == 1
+            answer = await http.get(f"{second_url}/api/v1/prices/BTCUSDT")
+            assert_unavailable(answer)
+            assert answer.json()["error"]["details"]["reason"] == "rate_limited"
+            assert await fake.upstream_requests() == 1
+            await asyncio.sleep(1.1)
+            assert (await http.get(f"{second_url}/api/v1/prices/BTCUSDT")).status_code == 200
+
+
+async def test_a_stale_price_is_answered_without_waiting_for_a_slow_binance(settings: Settings) -> None:
+    async with price_service(
+        settings, price_cache_ttl_ms=200, binance_timeout_ms=2_000, binance_max_attempts=1
+    ) as (http, fake):
+        assert (await http.get("/api/v1/prices/BTCUSDT")).status_code == 200
+        await asyncio.sleep(0.3)
+        await fake.fail("slow", delay_ms=2_500)
+        started = time.monotonic()
+        stale = await http.get("/api/v1/prices/BTCUSDT")
+        waited = time.monotonic() - started
+        assert stale.status_code == 200 and stale.json()["stale"] is True
+        assert waited < 1.5  # the refresh itself takes 2 s to time out

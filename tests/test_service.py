@@ -188,6 +188,7 @@ def test_readme_documents_every_setting() -> None:
         ({"BINANCE_MAX_ATTEMPTS": "0"}, "binance_max_attempts"),
         ({"FAKE_BINANCE": "maybe"}, "fake_binance"),
         ({"EXCHANGE_ENV": "production"}, "JWT_SECRET"),
+        ({"EXCHANGE_ENV": "production", "JWT_SECRET": "x" * 32, "FAKE_BINANCE": "true"}, "FAKE_BINANCE"),
     ],
 )
 def test_bad_settings_stop_the_start_with_a_clear_message(environ: dict[str, str], complaint: str) -> None:

@@ -31,6 +31,7 @@ BACKOFF_FIRST_SECONDS = 0.05
 BACKOFF_MAX_SECONDS = 1.0
 # Binance allows 6000 request weight per minute; warn well before it starts refusing.
 USED_WEIGHT_WARNING = 4800
+RETRY_AFTER_MAX_SECONDS = 3 * 86_400
 
 T = TypeVar("T")
 
@@ -58,6 +59,7 @@ class PriceUnavailable(ExchangeError):
             {"Retry-After": str(max(1, retry_after_seconds))},
         )
         self.reason = reason
+        self.retry_after_seconds = max(1, retry_after_seconds)
 
 
 class _Retryable(Exception):
@@ -81,9 +83,11 @@ def create_http_client(settings: Settings) -> httpx.AsyncClient:
 
 
 class BinanceClient:
-    def __init__(self, http: httpx.AsyncClient, max_attempts: int) -> None:
+    def __init__(self, http: httpx.AsyncClient, max_attempts: int, attempt_timeout_seconds: float) -> None:
         self._http = http
         self._max_attempts = max_attempts
+        # httpx times each phase (connect, write, read...) separately; this bounds the whole.
+        self._attempt_timeout_seconds = attempt_timeout_seconds
         self._paused_until = 0.0  # time.monotonic() before which Binance asked us to wait
         self.used_weight_1m = 0
 
@@ -117,8 +121,9 @@ class BinanceClient:
 
     async def _get_once(self, path: str, params: dict[str, str], shape: type[T]) -> T:
         try:
-            response = await self._http.get(path, params=params)
-        except httpx.TimeoutException:
+            async with asyncio.timeout(self._attempt_timeout_seconds):
+                response = await self._http.get(path, params=params)
+        except (httpx.TimeoutException, TimeoutError):
             raise _Retryable("timeout") from None
         except httpx.HTTPError:
             raise _Retryable("unreachable") from None
@@ -150,7 +155,7 @@ class BinanceClient:
 
 
 def _seconds(header: str | None) -> int:
-    """Retry-After in whole seconds (Binance sends seconds), at least 1, at most 300."""
+    """Retry-After in whole seconds (Binance sends seconds; an IP ban can last 3 days)."""
     if header and header.strip().isdigit():
-        return min(300, max(1, int(header)))
+        return min(RETRY_AFTER_MAX_SECONDS, max(1, int(header)))
     return 5

@@ -7,10 +7,15 @@ answers and returns. However many requests miss at once, one refresh runs per pr
 its answer to land in Redis instead of asking Binance themselves).
 
 While Binance fails, a price up to PRICE_STALE_MAX_MS old is still answered, marked
-`stale` with its age; older or absent -> 503 price_unavailable. Redis keeps each key
-that long (its TTL), so a DBA's `redis-cli GET` shows what clients are served.
+`stale` with its age (a request holding one waits at most STALE_WAIT_SECONDS for the
+refresh); older or absent -> 503 price_unavailable. Redis keeps each key that long (its
+TTL), so a DBA's `redis-cli GET` shows what clients are served.
 
-If Redis is down, reads fall back to Binance (still one refresh at a time per process).
+When Binance answers 429 or 418, the pause it asks for is written to Redis
+(`{prefix}price:paused`), so no worker of the deployment asks again before it ends.
+
+If Redis is down, each worker answers from its own copy of the last prices and asks
+Binance only when that copy is too old (one refresh at a time).
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ log = logging.getLogger("exchange.prices.cache")
 FAILURE_HOLD_SECONDS = 1.0
 # How often a worker that lost the refresh race looks for the winner's answer.
 WAIT_POLL_SECONDS = 0.02
+# A request that could answer with a stale price waits this long for a fresh one.
+STALE_WAIT_SECONDS = 0.2
 
 # Delete a lock or lease only if we still hold it (it may have expired and been taken).
 RELEASE_IF_HOLDER = """
@@ -84,6 +91,9 @@ class PriceCache:
         self._refresh_budget_ms = refresh_budget_ms
         self._keys = {symbol: f"{prefix}price:{symbol}" for symbol in self.symbols}
         self._lock_key = f"{prefix}price:refresh-lock"
+        self._pause_key = f"{prefix}price:paused"
+        # The last quotes this worker saw, for when Redis cannot be read.
+        self._local: dict[str, Quote] = {}
         self._release_lock = redis.register_script(RELEASE_IF_HOLDER)
         self._inflight: asyncio.Future[dict[str, Quote]] | None = None
         self._failed_until = 0.0
@@ -98,12 +108,20 @@ class PriceCache:
         now = now_ms()
         if all(s in cached and now - cached[s].fetched_at_ms <= self.fresh_ms for s in symbols):
             return [as_price(cached[s], self.fresh_ms, now) for s in symbols]
+        usable = {s: q for s, q in cached.items() if now - q.fetched_at_ms <= self._stale_max_ms}
+        has_fallback = all(s in usable for s in symbols)
         try:
-            quotes = await self.refresh()
-        except PriceUnavailable:
-            usable = {s: q for s, q in cached.items() if now - q.fetched_at_ms <= self._stale_max_ms}
-            if any(s not in usable for s in symbols):
+            refresh = self.refresh()
+            if has_fallback:
+                quotes = await asyncio.wait_for(refresh, STALE_WAIT_SECONDS)
+            else:
+                quotes = await refresh
+        except (PriceUnavailable, TimeoutError):
+            if not has_fallback:
                 raise
+            now = now_ms()
+            if any(now - usable[s].fetched_at_ms > self._stale_max_ms for s in symbols):
+                raise PriceUnavailable("upstream_error") from None
             return [as_price(usable[s], self.fresh_ms, now) for s in symbols]
         return [as_price(quotes[s], self.fresh_ms) for s in symbols]
 
@@ -113,11 +131,25 @@ class PriceCache:
         try:
             values = await self._redis.mget([self._keys[s] for s in symbols])
         except RedisError as exc:
-            log.warning("price cache unreadable (%s): asking Binance directly", type(exc).__name__)
-            return {}
-        return {s: _decode(v) for s, v in zip(symbols, values, strict=True) if v is not None}
+            log.warning("price cache unreadable (%s): using this worker's copy", type(exc).__name__)
+            return {s: self._local[s] for s in symbols if s in self._local}
+        found: dict[str, Quote] = {}
+        for symbol, value in zip(symbols, values, strict=True):
+            if value is None:
+                continue
+            try:
+                found[symbol] = _decode(value)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                log.warning("ignoring an unreadable cached price for %s", symbol)  # a miss: refetched
+        self._local.update(found)
+        return found
+
+    async def read_all(self) -> dict[str, Quote]:
+        return await self.read(self.symbols)
 
     async def store(self, quotes: Iterable[Quote]) -> None:
+        quotes = list(quotes)
+        self._local.update((quote.symbol, quote) for quote in quotes)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for quote in quotes:
@@ -126,14 +158,17 @@ class PriceCache:
         except RedisError as exc:
             log.warning("price cache not written (%s)", type(exc).__name__)
 
-    async def refresh(self) -> dict[str, Quote]:
-        """Fetch every market from Binance and store it; concurrent callers share one fetch."""
+    def refresh(self) -> asyncio.Future[dict[str, Quote]]:
+        """Fetch every market from Binance and store it; concurrent callers share one fetch.
+
+        Awaiting the result with a timeout gives up waiting, never the fetch itself.
+        """
         if self._inflight is None:
             if time.monotonic() < self._failed_until:
                 raise PriceUnavailable("upstream_error")
             self._inflight = asyncio.ensure_future(self._refresh())
             self._inflight.add_done_callback(self._refresh_done)
-        return await asyncio.shield(self._inflight)
+        return asyncio.shield(self._inflight)
 
     def _refresh_done(self, future: asyncio.Future[dict[str, Quote]]) -> None:
         self._inflight = None
@@ -143,26 +178,48 @@ class PriceCache:
     async def _refresh(self) -> dict[str, Quote]:
         token = secrets.token_hex(8)
         try:
-            locked = await self._redis.set(self._lock_key, token, nx=True, px=self._refresh_budget_ms)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.pttl(self._pause_key)
+                pipe.set(self._lock_key, token, nx=True, px=self._refresh_budget_ms)
+                paused_ms, locked = await pipe.execute()
         except RedisError:
-            locked = True  # no Redis, no other worker to share with: fetch here
+            paused_ms, locked = -2, True  # no Redis, no other worker to share with: fetch here
+        if paused_ms > 0:
+            if locked:
+                await self._release(token)
+            raise PriceUnavailable("rate_limited", paused_ms // 1000 + 1)
         if not locked:
-            fresh = await self._wait_for_other_worker()
-            if fresh is not None:
-                return fresh
+            return await self._wait_for_other_worker()
         try:
             quotes = await self._binance.ticker_prices(self.symbols)
             await self.store(quotes)
+        except PriceUnavailable as exc:
+            if exc.reason == "rate_limited":
+                await self._pause_deployment(exc.retry_after_seconds)
+            raise
         finally:
-            if locked:
-                try:
-                    await self._release_lock(keys=[self._lock_key], args=[token])
-                except RedisError:
-                    pass  # the lock expires on its own
+            await self._release(token)
         return {quote.symbol: quote for quote in quotes}
 
-    async def _wait_for_other_worker(self) -> dict[str, Quote] | None:
-        """Another worker holds the refresh lock: wait for its prices to land in Redis."""
+    async def _release(self, token: str) -> None:
+        try:
+            await self._release_lock(keys=[self._lock_key], args=[token])
+        except RedisError:
+            pass  # the lock expires on its own
+
+    async def _pause_deployment(self, seconds: int) -> None:
+        """Binance asked for a pause: no worker of this deployment asks before it ends."""
+        try:
+            await self._redis.set(self._pause_key, "1", px=seconds * 1000)
+        except RedisError:
+            pass  # this worker's client pauses on its own (binance.py)
+
+    async def _wait_for_other_worker(self) -> dict[str, Quote]:
+        """Another worker holds the refresh lock: wait for its prices to land in Redis.
+
+        If it gives up (the lock goes without fresh prices), so does this worker: asking
+        Binance again at once would multiply the load of an outage by the workers.
+        """
         deadline = time.monotonic() + self._refresh_budget_ms / 1000
         while time.monotonic() < deadline:
             await asyncio.sleep(WAIT_POLL_SECONDS)
@@ -174,7 +231,7 @@ class PriceCache:
                 return cached
             try:
                 if not await self._redis.exists(self._lock_key):
-                    return None  # the other worker gave up: try ourselves
+                    break
             except RedisError:
-                return None
-        return None
+                break
+        raise PriceUnavailable("upstream_error")

@@ -101,7 +101,12 @@ class PriceFeed:
         while not self._loops.stopping.is_set():
             started = time.monotonic()
             if self.is_leader:
-                await self.poll_once()
+                try:
+                    await self.poll_once()
+                except Exception:
+                    # Never let the poll loop die: its worker would keep the lease, and
+                    # no other worker would take over.
+                    log.exception("price feed: poll failed")
             await self._loops.pause(max(0.0, self._poll_seconds - (time.monotonic() - started)))
 
     async def poll_once(self) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import msgspec
 import redis.asyncio as aioredis
@@ -46,13 +46,25 @@ class Subscriber:
         self.symbols = frozenset(symbols)
         self.queue: asyncio.Queue[str] = asyncio.Queue(queue_size)
         self.dropped = asyncio.Event()
+        # Newest fetched_at_ms queued per symbol: an older quote is never sent after it.
+        self.sent_ms: dict[str, int] = {}
 
 
 class PriceStream:
     def __init__(
-        self, redis: aioredis.Redis, *, prefix: str, fresh_ms: int, max_clients: int, queue_size: int
-    ):
+        self,
+        redis: aioredis.Redis,
+        *,
+        prefix: str,
+        fresh_ms: int,
+        max_clients: int,
+        queue_size: int,
+        current: Callable[[], Awaitable[dict[str, Quote]]] | None = None,
+    ) -> None:
         self._redis = redis
+        # Where to read the current prices after (re)subscribing: pushes missed while the
+        # subscription was down are made up for.
+        self._current = current
         self._channel = channel_name(prefix)
         self._fresh_ms = fresh_ms
         self._max_clients = max_clients
@@ -89,9 +101,13 @@ class PriceStream:
         """Remember the quotes and queue each for the clients that follow its symbol."""
         for quote in quotes:
             self.latest[quote.symbol] = quote
+        by_symbol = {q.symbol: q for q in quotes}
         messages = {q.symbol: message_text(q, self._fresh_ms) for q in quotes}
         for client in list(self._clients):
             for symbol in client.symbols & messages.keys():
+                fetched_at_ms = by_symbol[symbol].fetched_at_ms
+                if fetched_at_ms < client.sent_ms.get(symbol, -1):
+                    continue
                 try:
                     client.queue.put_nowait(messages[symbol])
                 except asyncio.QueueFull:
@@ -99,6 +115,15 @@ class PriceStream:
                     self._clients.discard(client)
                     client.dropped.set()
                     break
+                client.sent_ms[symbol] = fetched_at_ms
+
+    def offer(self, client: Subscriber, quotes: Iterable[Quote]) -> None:
+        """Queue a client's first prices, unless a newer push got there first."""
+        for quote in quotes:
+            newer = quote.fetched_at_ms > client.sent_ms.get(quote.symbol, -1)
+            if quote.symbol in client.symbols and newer and not client.queue.full():
+                client.queue.put_nowait(message_text(quote, self._fresh_ms))
+                client.sent_ms[quote.symbol] = quote.fetched_at_ms
 
     async def _listen(self) -> None:
         backoff = RECONNECT_FIRST_SECONDS
@@ -108,6 +133,8 @@ class PriceStream:
                     await pubsub.subscribe(self._channel)
                     self.subscribed.set()
                     backoff = RECONNECT_FIRST_SECONDS
+                    if self._current is not None:
+                        self.deliver(list((await self._current()).values()))
                     while not self._loops.stopping.is_set():
                         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                         if message is not None:

@@ -15,7 +15,7 @@ from litestar.params import PathParameter, QueryParameter
 
 from exchange.errors import ErrorDetail, ExchangeError, documented
 from exchange.prices.cache import PriceCache
-from exchange.prices.stream import PriceStream, Subscriber, TooManyClients, message_text
+from exchange.prices.stream import PriceStream, Subscriber, TooManyClients
 from exchange.schemas import Price, StreamError
 
 SYMBOL_PATTERN = r"^[A-Za-z0-9]{2,20}$"
@@ -90,10 +90,7 @@ async def price_stream(socket: WebSocket[Any, Any, State], symbols: SymbolsQuery
         )
         return
     try:
-        for quote in (await cache.read(names)).values():
-            # A publication may have filled the queue meanwhile: it is as new as this.
-            with contextlib.suppress(asyncio.QueueFull):
-                client.queue.put_nowait(message_text(quote, cache.fresh_ms))
+        stream.offer(client, (await cache.read(names)).values())
         await _pump(socket, client, state.settings.ws_send_timeout_ms / 1000)
     finally:
         stream.unsubscribe(client)
