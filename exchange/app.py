@@ -116,7 +116,7 @@ def price_cache(
     attempts = settings.binance_max_attempts
     return PriceCache(
         redis,
-        BinanceClient(http, attempts, attempt_timeout_seconds=settings.binance_timeout_ms / 1000),
+        BinanceClient(http, attempts, attempt_timeout_ms=settings.binance_timeout_ms),
         prefix=settings.redis_prefix,
         symbols=symbols,
         fresh_ms=settings.price_cache_ttl_ms,

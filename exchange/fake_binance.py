@@ -104,7 +104,8 @@ class RandomWalk:
 
     def __init__(self, seed: int) -> None:
         self._rng = random.Random(seed)  # noqa: S311 - repeatable prices, not secrets
-        self._anchor = {symbol: math.log(float(spec[2])) for symbol, spec in MARKETS.items()}
+        # The walk runs on log prices in float; prices leave it as Decimal, on the tick.
+        self._anchor = {symbol: math.log(float(spec[2])) for symbol, spec in MARKETS.items()}  # float-ok
         self._log_price = dict(self._anchor)
         self._tick = {symbol: Decimal(spec[3]) for symbol, spec in MARKETS.items()}
         self.prices = {symbol: Decimal(spec[2]) for symbol, spec in MARKETS.items()}
@@ -124,7 +125,7 @@ class RandomWalk:
 
     def set_price(self, symbol: str, price: Decimal) -> None:
         self.prices[symbol] = price
-        self._log_price[symbol] = math.log(float(price))
+        self._log_price[symbol] = math.log(float(price))  # float-ok
 
 
 class FakeBinance:

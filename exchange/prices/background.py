@@ -23,7 +23,7 @@ class Loops:
     def start(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
         self._tasks.append(asyncio.create_task(coroutine, name=name))
 
-    async def pause(self, seconds: float) -> None:
+    async def pause(self, seconds: float) -> None:  # float-ok
         """Sleep, waking at once when asked to stop."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), seconds)

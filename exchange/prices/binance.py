@@ -83,11 +83,11 @@ def create_http_client(settings: Settings) -> httpx.AsyncClient:
 
 
 class BinanceClient:
-    def __init__(self, http: httpx.AsyncClient, max_attempts: int, attempt_timeout_seconds: float) -> None:
+    def __init__(self, http: httpx.AsyncClient, max_attempts: int, attempt_timeout_ms: int) -> None:
         self._http = http
         self._max_attempts = max_attempts
         # httpx times each phase (connect, write, read...) separately; this bounds the whole.
-        self._attempt_timeout_seconds = attempt_timeout_seconds
+        self._attempt_timeout_seconds = attempt_timeout_ms / 1000
         self._paused_until = 0.0  # time.monotonic() before which Binance asked us to wait
         self.used_weight_1m = 0
 

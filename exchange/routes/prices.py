@@ -91,7 +91,7 @@ async def price_stream(socket: WebSocket[Any, Any, State], symbols: SymbolsQuery
         return
     try:
         stream.offer(client, (await cache.read(names)).values())
-        await _pump(socket, client, state.settings.ws_send_timeout_ms / 1000)
+        await _pump(socket, client, state.settings.ws_send_timeout_ms)
     finally:
         stream.unsubscribe(client)
 
@@ -111,11 +111,11 @@ def _followed_symbols(raw: str | None, cache: PriceCache, max_symbols: int) -> l
     return names
 
 
-async def _pump(socket: WebSocket[Any, Any, State], client: Subscriber, send_timeout: float) -> None:
+async def _pump(socket: WebSocket[Any, Any, State], client: Subscriber, send_timeout_ms: int) -> None:
     """Send the client's queued messages until it leaves, is dropped, or stops reading."""
     reader = asyncio.create_task(_discard_incoming(socket))
     dropped = asyncio.create_task(client.dropped.wait())
-    sender = asyncio.create_task(_send_queued(socket, client, send_timeout))
+    sender = asyncio.create_task(_send_queued(socket, client, send_timeout_ms))
     try:
         done, _ = await asyncio.wait({reader, dropped, sender}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -126,11 +126,11 @@ async def _pump(socket: WebSocket[Any, Any, State], client: Subscriber, send_tim
         await _refuse(socket, "too_slow", "the connection fell too far behind and was dropped", CLOSE_POLICY)
 
 
-async def _send_queued(socket: WebSocket[Any, Any, State], client: Subscriber, send_timeout: float) -> None:
+async def _send_queued(socket: WebSocket[Any, Any, State], client: Subscriber, send_timeout_ms: int) -> None:
     while True:
         text = await client.queue.get()
         try:
-            await asyncio.wait_for(socket.send_text(text), send_timeout)
+            await asyncio.wait_for(socket.send_text(text), send_timeout_ms / 1000)
         except TimeoutError:
             return
 
