@@ -126,7 +126,7 @@ class PriceCache:
         return [as_price(quotes[s], self.fresh_ms) for s in symbols]
 
     async def read(self, symbols: Iterable[str]) -> dict[str, Quote]:
-        """What Redis holds for these symbols (nothing if Redis is down)."""
+        """What Redis holds for these symbols; if Redis is down, this worker's own copy."""
         symbols = list(symbols)
         try:
             values = await self._redis.mget([self._keys[s] for s in symbols])
