@@ -120,7 +120,7 @@ async def database_url(service_urls: tuple[str, str]) -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str, service_urls: tuple[str, str], fake_binance: FakeBinance) -> Settings:
+def settings(database_url: str, service_urls: tuple[str, str], fake_binance: FakeBinanceControl) -> Settings:
     return settings_from_env(
         {},
         database_url=database_url,
@@ -178,7 +178,7 @@ def running_server(settings: Settings) -> AbstractAsyncContextManager[str]:
     return serving(create_app(settings))
 
 
-class FakeBinance:
+class FakeBinanceControl:
     """The local Binance stand-in (exchange/fake_binance.py) and its control endpoints."""
 
     def __init__(self, url: str, http: httpx.AsyncClient) -> None:
@@ -205,13 +205,13 @@ class FakeBinance:
 
 
 @asynccontextmanager
-async def fake_binance_server(seed: int = 1) -> AsyncIterator[FakeBinance]:
+async def fake_binance_server(seed: int = 1) -> AsyncIterator[FakeBinanceControl]:
     async with serving(create_fake_binance(seed)) as url, httpx.AsyncClient(timeout=10) as http:
-        yield FakeBinance(url, http)
+        yield FakeBinanceControl(url, http)
 
 
 @pytest.fixture(scope="session")
-async def fake_binance() -> AsyncIterator[FakeBinance]:
+async def fake_binance() -> AsyncIterator[FakeBinanceControl]:
     """The stand-in the session's server takes its prices from."""
     async with fake_binance_server() as fake:
         yield fake

@@ -7,10 +7,10 @@ from decimal import Decimal
 import asyncpg
 import httpx
 
-from tests.conftest import FakeBinance, fake_binance_server
+from tests.conftest import FakeBinanceControl, fake_binance_server
 
 
-async def test_ping_time_and_weight_headers(fake_binance: FakeBinance) -> None:
+async def test_ping_time_and_weight_headers(fake_binance: FakeBinanceControl) -> None:
     async with httpx.AsyncClient(base_url=fake_binance.url) as http:
         ping = await http.get("/api/v3/ping")
         assert ping.status_code == 200 and ping.json() == {}
@@ -20,7 +20,7 @@ async def test_ping_time_and_weight_headers(fake_binance: FakeBinance) -> None:
         assert int(server_time.headers["X-MBX-USED-WEIGHT-1M"]) > used
 
 
-async def test_ticker_price_one_a_list_or_all(fake_binance: FakeBinance) -> None:
+async def test_ticker_price_one_a_list_or_all(fake_binance: FakeBinanceControl) -> None:
     async with httpx.AsyncClient(base_url=fake_binance.url) as http:
         one = (await http.get("/api/v3/ticker/price", params={"symbol": "BTCUSDT"})).json()
         assert one.keys() == {"symbol", "price"} and one["symbol"] == "BTCUSDT"
@@ -33,7 +33,7 @@ async def test_ticker_price_one_a_list_or_all(fake_binance: FakeBinance) -> None
         assert {"BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT"} <= {quote["symbol"] for quote in every}
 
 
-async def test_errors_have_binance_codes(fake_binance: FakeBinance) -> None:
+async def test_errors_have_binance_codes(fake_binance: FakeBinanceControl) -> None:
     async with httpx.AsyncClient(base_url=fake_binance.url) as http:
         cases = [
             ({"symbol": "NOPE"}, -1121, "Invalid symbol."),
@@ -50,7 +50,9 @@ async def test_errors_have_binance_codes(fake_binance: FakeBinance) -> None:
                 assert answer.json()["msg"] == msg
 
 
-async def test_exchange_info_filters_match_our_markets(fake_binance: FakeBinance, db: asyncpg.Pool) -> None:
+async def test_exchange_info_filters_match_our_markets(
+    fake_binance: FakeBinanceControl, db: asyncpg.Pool
+) -> None:
     """The markets table follows Binance's exchangeInfo: same steps, minimums and tick sizes."""
     async with httpx.AsyncClient(base_url=fake_binance.url) as http:
         info = (await http.get("/api/v3/exchangeInfo")).json()
@@ -69,7 +71,7 @@ async def test_exchange_info_filters_match_our_markets(fake_binance: FakeBinance
         assert Decimal(filters["NOTIONAL"]["minNotional"]) == market["min_notional"]
 
 
-async def _walk(fake: FakeBinance, steps: int) -> list[str]:
+async def _walk(fake: FakeBinanceControl, steps: int) -> list[str]:
     async with httpx.AsyncClient(base_url=fake.url) as http:
         return [
             (await http.get("/api/v3/ticker/price", params={"symbol": "BTCUSDT"})).json()["price"]

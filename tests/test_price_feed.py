@@ -17,13 +17,13 @@ from exchange.app import price_cache, price_feed
 from exchange.config import Settings
 from exchange.prices.binance import Quote, create_http_client
 from exchange.prices.feed import PriceFeed, channel_name, decode_quotes
-from tests.conftest import FakeBinance, fake_binance_server
+from tests.conftest import FakeBinanceControl, fake_binance_server
 
 SYMBOLS = ["BNBUSDT", "BTCUSDT", "ETHUSDT", "SOLUSDT"]
 LEASE_MS = 600
 
 
-def feed_settings(settings: Settings, fake: FakeBinance) -> Settings:
+def feed_settings(settings: Settings, fake: FakeBinanceControl) -> Settings:
     return msgspec.structs.replace(
         settings,
         binance_url=fake.url,

@@ -24,13 +24,13 @@ from exchange.config import Settings
 from exchange.prices.binance import Quote
 from exchange.prices.feed import channel_name, encode_quotes
 from exchange.prices.stream import PriceStream
-from tests.conftest import FakeBinance, fake_binance_server, serving
+from tests.conftest import FakeBinanceControl, fake_binance_server, serving
 
 
 @asynccontextmanager
 async def price_server(
     settings: Settings, send_buffer_bytes: int | None = None, **overrides: Any
-) -> AsyncIterator[tuple[str, FakeBinance, Litestar]]:
+) -> AsyncIterator[tuple[str, FakeBinanceControl, Litestar]]:
     """Its own stand-in (prices frozen) and server; yields the WebSocket URL."""
     async with fake_binance_server() as fake:
         await fake.set_prices({"BTCUSDT": "70000.00"}, frozen=True)

@@ -21,12 +21,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from exchange.config import Settings
-from tests.conftest import FakeBinance, fake_binance_server, running_server
+from tests.conftest import FakeBinanceControl, fake_binance_server, running_server
 
 SYMBOLS = ["BNBUSDT", "BTCUSDT", "ETHUSDT", "SOLUSDT"]
 
 
-def price_settings(settings: Settings, fake: FakeBinance, **overrides: Any) -> Settings:
+def price_settings(settings: Settings, fake: FakeBinanceControl, **overrides: Any) -> Settings:
     """Its own stand-in and Redis prefix, no feed, short Binance timeouts."""
     return msgspec.structs.replace(
         settings,
@@ -40,7 +40,7 @@ def price_settings(settings: Settings, fake: FakeBinance, **overrides: Any) -> S
 @asynccontextmanager
 async def price_service(
     settings: Settings, **overrides: Any
-) -> AsyncIterator[tuple[httpx.AsyncClient, FakeBinance]]:
+) -> AsyncIterator[tuple[httpx.AsyncClient, FakeBinanceControl]]:
     async with fake_binance_server() as fake:
         configured = price_settings(settings, fake, **overrides)
         async with running_server(configured) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
