@@ -45,6 +45,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     price_cache_ttl_ms: Annotated[int, msgspec.Meta(ge=50, le=3_600_000)] = 5_000
     # While Binance fails, a price up to this old is served marked `stale`; older -> 503.
     price_stale_max_ms: Annotated[int, msgspec.Meta(ge=50, le=86_400_000)] = 60_000
+    # A trade uses a price at most this old (else 503 price_unavailable); at least
+    # PRICE_CACHE_TTL_MS, since the cache does not refresh a younger price.
+    trade_price_max_age_ms: Annotated[int, msgspec.Meta(ge=50, le=3_600_000)] = 10_000
     # The elected poller refreshes every market this often; 0 turns the feed off.
     price_poll_ms: Annotated[int, msgspec.Meta(ge=0, le=60_000)] = 1_000
     # The poller's lease: if its worker dies, another takes over within this long.
@@ -86,6 +89,8 @@ def settings_from_env(environ: dict[str, str] | None = None, **overrides: object
         raise SystemExit("invalid configuration: DB_POOL_MIN_SIZE is above DB_POOL_MAX_SIZE")
     if settings.price_stale_max_ms < settings.price_cache_ttl_ms:
         raise SystemExit("invalid configuration: PRICE_STALE_MAX_MS is below PRICE_CACHE_TTL_MS")
+    if settings.trade_price_max_age_ms < settings.price_cache_ttl_ms:
+        raise SystemExit("invalid configuration: TRADE_PRICE_MAX_AGE_MS is below PRICE_CACHE_TTL_MS")
     if settings.ws_queue_size < settings.ws_max_symbols:
         # One publication of the feed can bring a message for every symbol at once.
         raise SystemExit("invalid configuration: WS_QUEUE_SIZE is below WS_MAX_SYMBOLS")

@@ -58,6 +58,14 @@ SQLSTATE_ERRORS: dict[str, tuple[str, int]] = {
     "EX003": ("unknown_asset", 404),
     "EX004": ("insufficient_funds", 409),
     "EX005": ("idempotency_key_reused", 422),
+    "EX006": ("unknown_symbol", 404),
+    "EX007": ("market_inactive", 409),
+    "EX008": ("exactly_one_quantity", 422),
+    "EX009": ("quantity_off_step", 422),
+    "EX010": ("quantity_out_of_range", 422),
+    "EX011": ("below_min_notional", 422),
+    "EX012": ("price_moved", 409),
+    "EX013": ("price_unavailable", 503),
 }
 
 # Unique constraints whose violation is the client's doing -> (code, status, message).
@@ -106,12 +114,15 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     401: "`unauthorized` (no, expired or invalid token) or `invalid_credentials` (login)",
     403: "`forbidden` (admins only) or `user_disabled`",
     404: "`not_found` (also another user's resource), `unknown_asset` or `unknown_symbol`",
-    409: "`email_taken` or `insufficient_funds`",
+    409: "`email_taken`, `insufficient_funds`, `price_moved` (the price crossed `max_price` / "
+    "`min_price`) or `market_inactive`",
     413: "`payload_too_large`",
     422: "`invalid_amount`, `too_many_decimals`, `idempotency_key_reused`, `password_too_short`, "
-    "`password_too_long`",
+    "`password_too_long`, `exactly_one_quantity`, `quantity_off_step`, `quantity_out_of_range`, "
+    "`below_min_notional`, `invalid_price_guard`; `details` names the field and the limit",
     503: "`service_unavailable` (PostgreSQL or Redis unreachable) or `price_unavailable` (Binance "
-    "not answering and no recent price); retry after `Retry-After`",
+    "not answering and no recent price; for a trade, none younger than TRADE_PRICE_MAX_AGE_MS); "
+    "retry after `Retry-After`",
 }
 
 
@@ -154,7 +165,8 @@ def from_postgres_error(_: Request, exc: asyncpg.PostgresError) -> Response[Erro
     sqlstate = exc.sqlstate or ""
     if sqlstate in SQLSTATE_ERRORS:
         code, status = SQLSTATE_ERRORS[sqlstate]
-        return error_response(code, exc.message, status, _json_details(exc.detail))
+        headers = {"Retry-After": "1"} if status == 503 else None
+        return error_response(code, exc.message, status, _json_details(exc.detail), headers)
     constraint = getattr(exc, "constraint_name", None)
     if sqlstate == "23505" and constraint in UNIQUE_ERRORS:
         code, status, message = UNIQUE_ERRORS[constraint]

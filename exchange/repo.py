@@ -6,6 +6,7 @@ functions), HTTP concerns in the route handlers.
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -13,7 +14,7 @@ import asyncpg
 import msgspec
 
 from exchange.queries import Q
-from exchange.schemas import Transaction, User, Violation, Wallet
+from exchange.schemas import HouseBalance, Transaction, User, Violation, Wallet
 
 Pool = asyncpg.Pool
 # Where a function also serves the CLI, a single connection does as well as the pool.
@@ -88,6 +89,46 @@ async def withdraw(
     """(transaction, replayed): replayed is True when the key was used before."""
     row = await pool.fetchrow(Q.withdraw, user_id, asset, amount, idempotency_key)
     return _movement(row)
+
+
+async def buy(
+    pool: Pool,
+    user_id: int,
+    symbol: str,
+    quantity: Decimal | None,
+    quote_quantity: Decimal | None,
+    max_price: Decimal | None,
+    price: Decimal | None,
+    price_at: datetime | None,
+    idempotency_key: str,
+) -> tuple[Transaction, bool]:
+    """(trade, replayed). price is None when no usable price was read."""
+    row = await pool.fetchrow(
+        Q.buy, user_id, symbol, quantity, quote_quantity, max_price, price, price_at, idempotency_key
+    )
+    return _movement(row)
+
+
+async def sell(
+    pool: Pool,
+    user_id: int,
+    symbol: str,
+    quantity: Decimal | None,
+    quote_quantity: Decimal | None,
+    min_price: Decimal | None,
+    price: Decimal | None,
+    price_at: datetime | None,
+    idempotency_key: str,
+) -> tuple[Transaction, bool]:
+    """(trade, replayed). price is None when no usable price was read."""
+    row = await pool.fetchrow(
+        Q.sell, user_id, symbol, quantity, quote_quantity, min_price, price, price_at, idempotency_key
+    )
+    return _movement(row)
+
+
+async def house_balances(pool: Pool) -> list[HouseBalance]:
+    return [HouseBalance(**row) for row in await pool.fetch(Q.house_balances)]
 
 
 async def audit(pool: Executor) -> list[Violation]:

@@ -20,6 +20,7 @@ NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f]*$"
 # Ids are PostgreSQL bigint.
 ID_MAX = 2**63 - 1
 ASSET_PATTERN = r"^[A-Za-z0-9]{2,12}$"
+SYMBOL_PATTERN = r"^[A-Za-z0-9]{2,20}$"
 # Printable ASCII without spaces, as UUIDs and most client-generated keys are.
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,100}$"
 # Amounts are bounded before they reach the database; the asset's own limits
@@ -72,21 +73,54 @@ class AmountRequest(msgspec.Struct, forbid_unknown_fields=True):
     amount: Decimal
 
     def checked_amount(self) -> Decimal:
-        """The amount if it is a finite, positive, sane number; else invalid_amount (422)."""
-        amount = self.amount
-        if (
-            not amount.is_finite()
-            or amount <= 0
-            or len(amount.as_tuple().digits) > AMOUNT_MAX_DIGITS
-            or not -AMOUNT_MAX_DIGITS <= amount.as_tuple().exponent <= AMOUNT_MAX_DIGITS
-        ):
-            raise ExchangeError(
-                "invalid_amount",
-                'amount must be a positive decimal number, e.g. "100.50"',
-                422,
-                {"field": "amount"},
-            )
-        return amount
+        return checked_decimal(self.amount, "amount")
+
+
+class OrderRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """A market order: exactly one of `quantity` (base) and `quote_quantity` (quote, as
+    Binance's quoteOrderQty), and optionally a price guard: `max_price` for a buy,
+    `min_price` for a sell (409 price_moved if the price has crossed it)."""
+
+    symbol: Annotated[str, msgspec.Meta(pattern=SYMBOL_PATTERN, examples=["BTCUSDT"])]
+    side: Literal["buy", "sell"]
+    quantity: Decimal | None = None
+    quote_quantity: Decimal | None = None
+    max_price: Decimal | None = None
+    min_price: Decimal | None = None
+
+    def price_guard(self) -> Decimal | None:
+        """max_price of a buy or min_price of a sell; the other one is refused."""
+        given, other = ("max_price", "min_price") if self.side == "buy" else ("min_price", "max_price")
+        if getattr(self, other) is not None:
+            message = f"a {self.side} takes {given}, not {other}"
+            raise ExchangeError("invalid_price_guard", message, 422, {"field": other})
+        guard = getattr(self, given)
+        return None if guard is None else checked_decimal(guard, given)
+
+    def checked_quantities(self) -> tuple[Decimal | None, Decimal | None]:
+        """(quantity, quote_quantity), each sane if given; SQL checks the market's rules."""
+        return (
+            None if self.quantity is None else checked_decimal(self.quantity, "quantity"),
+            None if self.quote_quantity is None else checked_decimal(self.quote_quantity, "quote_quantity"),
+        )
+
+
+def checked_decimal(value: Decimal, field: str) -> Decimal:
+    """The value if it is a finite, positive, sane number; else invalid_amount (422)."""
+    digits, exponent = len(value.as_tuple().digits), value.as_tuple().exponent
+    if (
+        not value.is_finite()
+        or value <= 0
+        or digits > AMOUNT_MAX_DIGITS
+        or not -AMOUNT_MAX_DIGITS <= exponent <= AMOUNT_MAX_DIGITS
+    ):
+        raise ExchangeError(
+            "invalid_amount",
+            f'{field} must be a positive decimal number, e.g. "100.50"',
+            422,
+            {"field": field},
+        )
+    return value
 
 
 class Transaction(msgspec.Struct, omit_defaults=True):
@@ -105,6 +139,24 @@ class Transaction(msgspec.Struct, omit_defaults=True):
     fee: Decimal | None = None
     fee_asset: str | None = None
     price_at: datetime | None = None
+    # The quote wallet's balance right after a trade (balance_after is the base's).
+    quote_balance_after: Decimal | None = None
+
+
+class OrderResult(msgspec.Struct):
+    """A filled market order and the two wallets' balances right after it."""
+
+    trade: Transaction
+    wallets: list[Wallet]
+
+
+class HouseBalance(msgspec.Struct):
+    """A house account: `external` (deposits in, withdrawals out), `market` (the other
+    side of every trade) or `fees`; its balance is the sum of its entries."""
+
+    asset: str
+    kind: Literal["external", "market", "fees"]
+    balance: Decimal
 
 
 class TransactionPage(msgspec.Struct):

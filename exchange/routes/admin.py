@@ -7,7 +7,7 @@ from litestar.datastructures import State
 
 from exchange import repo
 from exchange.errors import documented
-from exchange.schemas import AuditReport
+from exchange.schemas import AuditReport, HouseBalance
 from exchange.security import admin_only
 
 
@@ -17,4 +17,12 @@ async def audit(state: State) -> AuditReport:
     return AuditReport(ok=not violations, violations=violations)
 
 
-admin_router = Router(path="/admin", route_handlers=[audit], guards=[admin_only], tags=["admin"])
+@get("/house", summary="The house accounts' balances per asset", responses=documented(401, 403, 503))
+async def house(state: State) -> list[HouseBalance]:
+    """`external` is minus what users deposited net of withdrawals, `market` the house's
+    position from trades, `fees` what fees brought in. Every asset sums to zero with the
+    users' wallets (the audit checks it)."""
+    return await repo.house_balances(state.pool)
+
+
+admin_router = Router(path="/admin", route_handlers=[audit, house], guards=[admin_only], tags=["admin"])

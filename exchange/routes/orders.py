@@ -1,9 +1,81 @@
-"""POST /api/v1/orders: market buys and sells at the live price.
+"""POST /api/v1/orders: market buys and sells at the live price (one PL/pgSQL call).
 
-Not served yet: trading lands with the trading issue (PL/pgSQL `buy` and `sell`, prices
-from exchange.prices). This module is its place in the route table.
+The price is read from the price cache before the call, so no network call happens
+while the database holds the user's wallets locked; the function stores the price it
+was given on the transaction. Market rules (step, minimum notional, active) and the
+price guard are checked in SQL (sql/migrations/003_trade.sql).
 """
 
 from __future__ import annotations
 
-route_handlers: list[object] = []
+import logging
+
+from litestar import Request, Response, post
+from litestar.datastructures import State
+from litestar.params import JSONBody
+
+from exchange import repo
+from exchange.errors import documented
+from exchange.prices.binance import PriceUnavailable
+from exchange.prices.cache import PriceCache
+from exchange.routes.wallets import IdempotencyKey
+from exchange.schemas import OrderRequest, OrderResult, Price, Wallet
+from exchange.security import AuthUser
+
+log = logging.getLogger("exchange.orders")
+
+
+async def trade_price(cache: PriceCache, symbol: str, max_age_ms: int) -> Price | None:
+    """The cached price if it is at most max_age_ms old, else None (the trade is refused
+    with price_unavailable, unless it replays an earlier one)."""
+    if symbol not in cache.symbols:
+        return None  # unknown market (SQL says so) or one added since this worker started
+    try:
+        price = await cache.price(symbol)
+    except PriceUnavailable as exc:
+        log.info("no price for %s: %s", symbol, exc.reason)
+        return None
+    return price if price.age_ms <= max_age_ms else None
+
+
+@post(
+    "/orders",
+    tags=["orders"],
+    summary="Buy or sell at the market price",
+    description="Fills at once at the cached live price (at most `TRADE_PRICE_MAX_AGE_MS` "
+    "old). The fee is taken from the asset received. Answers the trade and the balances "
+    "of both wallets right after it.",
+    responses=documented(400, 401, 404, 409, 413, 422, 503),
+)
+async def place_order(
+    data: JSONBody[OrderRequest],
+    idempotency_key: IdempotencyKey,
+    request: Request[AuthUser, str, State],
+    state: State,
+) -> Response[OrderResult]:
+    guard = data.price_guard()
+    quantity, quote_quantity = data.checked_quantities()
+    symbol = data.symbol.upper()
+    price = await trade_price(state.prices, symbol, state.settings.trade_price_max_age_ms)
+    fill = repo.buy if data.side == "buy" else repo.sell
+    trade, replayed = await fill(
+        state.pool,
+        request.user.id,
+        symbol,
+        quantity,
+        quote_quantity,
+        guard,
+        None if price is None else price.price,
+        None if price is None else price.fetched_at,
+        idempotency_key,
+    )
+    # Both balances as the trade left them (stored on it, so a replay answers the same).
+    wallets = [
+        Wallet(asset=trade.asset, balance=trade.balance_after),
+        Wallet(asset=trade.quote_asset, balance=trade.quote_balance_after),  # type: ignore[arg-type]
+    ]
+    headers = {"Idempotency-Replayed": "true"} if replayed else None
+    return Response(OrderResult(trade=trade, wallets=wallets), status_code=201, headers=headers)
+
+
+route_handlers = [place_order]

@@ -16,9 +16,8 @@ from litestar.params import PathParameter, QueryParameter
 from exchange.errors import ErrorDetail, ExchangeError, documented
 from exchange.prices.cache import PriceCache
 from exchange.prices.stream import PriceStream, Subscriber, TooManyClients
-from exchange.schemas import Price, StreamError
+from exchange.schemas import SYMBOL_PATTERN, Price, StreamError
 
-SYMBOL_PATTERN = r"^[A-Za-z0-9]{2,20}$"
 _SYMBOL = re.compile(SYMBOL_PATTERN)
 # RFC 6455 close codes: 1008 policy violation (bad request, too slow), 1013 try again later.
 CLOSE_POLICY = 1008

@@ -2,7 +2,7 @@
 -- of the previous page (NULL for the first page). Optional filters: $3 kind, $4 asset
 -- (matches either side of a trade). $5 page size. Served by transactions_user_id_idx.
 SELECT t.id, t.kind, t.asset, t.amount, t.balance_after, t.symbol, t.quote_asset,
-       t.price, t.quote_qty, t.fee, t.fee_asset, t.price_at, t.created_at
+       t.price, t.quote_qty, t.fee, t.fee_asset, t.price_at, t.created_at, t.quote_balance_after
 FROM transactions AS t
 WHERE t.user_id = $1
   AND t.id < coalesce($2::bigint, 9223372036854775807)
