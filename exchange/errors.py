@@ -103,9 +103,11 @@ UNAVAILABLE_ERRORS = (
 )
 # SQLSTATE prefixes that mean "try again later": connection exceptions (08), too many
 # connections and other resource limits (53), operator intervention such as a restart
-# (57P), lock_timeout (55P03) and statement_timeout (57014). The transaction was rolled
-# back whole, so a retry (with the same Idempotency-Key) is safe.
-UNAVAILABLE_SQLSTATES = ("08", "53", "57P", "55P03", "57014")
+# (57P), lock_timeout (55P03), statement_timeout (57014), and transaction rollbacks
+# (40: serialization failure, deadlock; the money functions lock in one order so they
+# should never deadlock, hence the warning). The transaction was rolled back whole, so
+# a retry (with the same Idempotency-Key) is safe.
+UNAVAILABLE_SQLSTATES = ("08", "53", "57P", "55P03", "57014", "40")
 
 
 # What each error status means across the API, for the OpenAPI document.
@@ -172,6 +174,8 @@ def from_postgres_error(_: Request, exc: asyncpg.PostgresError) -> Response[Erro
         code, status, message = UNIQUE_ERRORS[constraint]
         return error_response(code, message, status)
     if isinstance(exc, UNAVAILABLE_ERRORS) or sqlstate.startswith(UNAVAILABLE_SQLSTATES):
+        if sqlstate.startswith("40"):
+            log.warning("transaction rolled back by PostgreSQL (SQLSTATE %s); answered 503", sqlstate)
         return unavailable()
     if sqlstate.startswith("22"):
         # Data exception: a value the database cannot take (out of range, NUL byte...).

@@ -100,11 +100,22 @@ async def buy(
     max_price: Decimal | None,
     price: Decimal | None,
     price_at: datetime | None,
+    price_valid_ms: int | None,
     idempotency_key: str,
 ) -> tuple[Transaction, bool]:
-    """(trade, replayed). price is None when no usable price was read."""
+    """(trade, replayed). price is None when no usable price was read; price_valid_ms
+    is how much longer it may be used (a lock wait past it refuses the trade)."""
     row = await pool.fetchrow(
-        Q.buy, user_id, symbol, quantity, quote_quantity, max_price, price, price_at, idempotency_key
+        Q.buy,
+        user_id,
+        symbol,
+        quantity,
+        quote_quantity,
+        max_price,
+        price,
+        price_at,
+        price_valid_ms,
+        idempotency_key,
     )
     return _movement(row)
 
@@ -118,11 +129,22 @@ async def sell(
     min_price: Decimal | None,
     price: Decimal | None,
     price_at: datetime | None,
+    price_valid_ms: int | None,
     idempotency_key: str,
 ) -> tuple[Transaction, bool]:
-    """(trade, replayed). price is None when no usable price was read."""
+    """(trade, replayed). price is None when no usable price was read; price_valid_ms
+    is how much longer it may be used (a lock wait past it refuses the trade)."""
     row = await pool.fetchrow(
-        Q.sell, user_id, symbol, quantity, quote_quantity, min_price, price, price_at, idempotency_key
+        Q.sell,
+        user_id,
+        symbol,
+        quantity,
+        quote_quantity,
+        min_price,
+        price,
+        price_at,
+        price_valid_ms,
+        idempotency_key,
     )
     return _movement(row)
 

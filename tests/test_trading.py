@@ -303,6 +303,30 @@ async def test_no_trade_on_a_price_older_than_the_limit_or_on_none(
         assert healed.status_code == 201, healed.text
 
 
+async def test_a_price_that_grows_too_old_while_the_order_waits_for_a_lock_is_refused(
+    settings: Settings, db: asyncpg.Pool
+) -> None:
+    async with exchange_server(settings, price_cache_ttl_ms=100, trade_price_max_age_ms=500) as server:
+        mallory = await server.user(usdt="100")
+        before = await ledger_counts(db)
+        async with db.acquire() as psql, psql.transaction():
+            # A DBA's session holds the wallet for longer than the price stays young.
+            await psql.execute(
+                "SELECT balance FROM accounts WHERE user_id = $1 AND asset = 'USDT' FOR UPDATE", mallory.id
+            )
+            waiting = asyncio.create_task(
+                server.order(mallory, symbol="BTCUSDT", side="buy", quote_quantity="10")
+            )
+            await asyncio.sleep(0.8)
+        answer = await waiting
+
+        assert error_of(answer) == (503, "price_unavailable")
+        assert answer.json()["error"]["details"]["reason"] == "expired_while_waiting"
+        assert await ledger_counts(db) == before
+        again = await server.order(mallory, symbol="BTCUSDT", side="buy", quote_quantity="10")
+        assert again.status_code == 201, again.text
+
+
 async def test_a_replay_needs_no_price(settings: Settings) -> None:
     async with exchange_server(settings, price_cache_ttl_ms=100, trade_price_max_age_ms=100) as server:
         heidi = await server.user(usdt="100")

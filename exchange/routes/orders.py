@@ -2,7 +2,8 @@
 
 The price is read from the price cache before the call, so no network call happens
 while the database holds the user's wallets locked; the function stores the price it
-was given on the transaction. Market rules (step, minimum notional, active) and the
+was given on the transaction, and refuses it if waiting for the locks made it older
+than TRADE_PRICE_MAX_AGE_MS. Market rules (step, minimum notional, active) and the
 price guard are checked in SQL (sql/migrations/003_trade.sql).
 """
 
@@ -56,7 +57,8 @@ async def place_order(
     guard = data.price_guard()
     quantity, quote_quantity = data.checked_quantities()
     symbol = data.symbol.upper()
-    price = await trade_price(state.prices, symbol, state.settings.trade_price_max_age_ms)
+    max_age_ms = state.settings.trade_price_max_age_ms
+    price = await trade_price(state.prices, symbol, max_age_ms)
     fill = repo.buy if data.side == "buy" else repo.sell
     trade, replayed = await fill(
         state.pool,
@@ -67,6 +69,8 @@ async def place_order(
         guard,
         None if price is None else price.price,
         None if price is None else price.fetched_at,
+        # Time a lock wait may take before the price grows too old (checked in SQL).
+        None if price is None else max_age_ms - price.age_ms,
         idempotency_key,
     )
     # Both balances as the trade left them (stored on it, so a replay answers the same).

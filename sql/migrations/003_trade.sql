@@ -4,7 +4,11 @@
 -- The application reads the price from its cache before the call, so no network call
 -- happens while a wallet is locked. It passes NULL when it has no price young enough
 -- (TRADE_PRICE_MAX_AGE_MS): the function then still replays an earlier call with the
--- same idempotency key, and otherwise refuses with price_unavailable.
+-- same idempotency key, and otherwise refuses with price_unavailable. It also passes
+-- how much longer the price stays young enough (p_price_valid_ms): a trade that waited
+-- longer than that for a wallet lock is refused the same way, never filled on an older
+-- price. (A duration, not a deadline, so the two hosts' clocks need not agree; NULL,
+-- as from psql, means no limit.)
 --
 -- Errors, continuing 002's list (EX001-EX005) and mapped in exchange/errors.py:
 --   EX006 unknown_symbol          no such market                                    (404)
@@ -14,7 +18,7 @@
 --   EX010 quantity_out_of_range   quantity outside [min_qty, max_qty]               (422)
 --   EX011 below_min_notional      quantity x price below the market's min_notional  (422)
 --   EX012 price_moved             price above max_price (buy) / below min_price     (409)
---   EX013 price_unavailable       no usable price was passed                        (503)
+--   EX013 price_unavailable       no usable price, or it expired during a lock wait (503)
 --
 -- Amounts (what moves, and why it favours the house):
 --   quantity         the base quantity traded, on the market's qty_step.
@@ -92,14 +96,40 @@ $$;
 
 -- p_value (>= 0) rounded up to p_scale decimals: the fee, and what a buyer pays.
 -- (trunc() rounds down: what a seller receives.) Simple enough to be inlined.
+-- One unit is written as '1e-<scale>': power(10::numeric, -18) keeps only 16 decimals
+-- and would be 0.
 CREATE FUNCTION round_up(p_value numeric, p_scale integer)
 RETURNS numeric
 LANGUAGE sql IMMUTABLE STRICT AS $$
     SELECT CASE
                WHEN trunc(p_value, p_scale) = p_value THEN trunc(p_value, p_scale)
-               ELSE trunc(p_value, p_scale) + round(power(10::numeric, -p_scale), p_scale)
+               ELSE trunc(p_value, p_scale) + ('1e-' || p_scale)::numeric
            END
 $$;
+
+-- A market's quantities must fit its base asset's scale: a step finer than a unit
+-- would make "a multiple of the step" a quantity no wallet can hold.
+CREATE FUNCTION check_market_scale()
+RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_scale  smallint;
+BEGIN
+    SELECT a.scale INTO v_scale
+    FROM assets AS a
+    WHERE a.code = NEW.base;
+    IF NEW.qty_step <> round(NEW.qty_step, v_scale) OR NEW.min_qty <> round(NEW.min_qty, v_scale) THEN
+        RAISE EXCEPTION USING ERRCODE = 'check_violation',
+            MESSAGE = format('market %s: qty_step and min_qty must have at most %s decimals (%s''s scale)',
+                             NEW.symbol, v_scale, NEW.base);
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+CREATE TRIGGER markets_scale
+BEFORE INSERT OR UPDATE ON markets
+FOR EACH ROW EXECUTE FUNCTION check_market_scale();
 
 -- Everything a trade needs to know about its market, read once before any lock.
 CREATE TYPE trade_market AS (
@@ -190,14 +220,16 @@ $$;
 -- active (EX007), exactly one of quantity and quote_quantity (EX008), amounts (EX001,
 -- EX002), step (EX009), a usable price (EX013), the price guard (EX012), minimum
 -- notional (EX011) and quantity range (EX010). p_price_guard is max_price for a buy,
--- min_price for a sell.
+-- min_price for a sell. Call it with the wallets locked: the price's validity is
+-- checked against the time spent waiting for them.
 CREATE FUNCTION order_quantity(
     p_market trade_market,
     p_side text,
     p_quantity numeric,
     p_quote_quantity numeric,
     p_price_guard numeric,
-    p_price numeric
+    p_price numeric,
+    p_price_valid_ms integer
 )
 RETURNS numeric
 LANGUAGE plpgsql STABLE AS $$
@@ -227,11 +259,22 @@ BEGIN
     ELSE
         v_quote_quantity := checked_amount(p_market.quote, p_quote_quantity, 'quote_quantity');
     END IF;
+    -- NaN sorts above Infinity in PostgreSQL: `< 'Infinity'` refuses both.
+    IF p_price_guard IS NOT NULL AND NOT (p_price_guard > 0 AND p_price_guard < 'Infinity') THEN
+        RAISE EXCEPTION USING ERRCODE = 'EX001',
+            MESSAGE = 'a price guard must be a positive number',
+            DETAIL = json_build_object('field', CASE p_side WHEN 'buy' THEN 'max_price' ELSE 'min_price' END)::text;
+    END IF;
 
-    IF p_price IS NULL OR NOT p_price > 0 THEN
+    IF p_price IS NULL OR NOT (p_price > 0 AND p_price < 'Infinity') THEN
         RAISE EXCEPTION USING ERRCODE = 'EX013',
             MESSAGE = format('no recent price for %s; retry shortly', p_market.symbol),
             DETAIL = json_build_object('symbol', p_market.symbol)::text;
+    END IF;
+    IF clock_timestamp() > statement_timestamp() + p_price_valid_ms * interval '1 millisecond' THEN
+        RAISE EXCEPTION USING ERRCODE = 'EX013',
+            MESSAGE = format('the price of %s grew too old while the order waited; retry', p_market.symbol),
+            DETAIL = json_build_object('symbol', p_market.symbol, 'reason', 'expired_while_waiting')::text;
     END IF;
     IF (p_side = 'buy' AND p_price > p_price_guard) OR (p_side = 'sell' AND p_price < p_price_guard) THEN
         RAISE EXCEPTION USING ERRCODE = 'EX012',
@@ -244,7 +287,8 @@ BEGIN
 
     IF v_quantity IS NULL THEN
         -- div() truncates exactly: the most steps whose notional fits in quote_quantity.
-        v_quantity := round(div(v_quote_quantity, p_price * p_market.qty_step) * p_market.qty_step,
+        -- (check_market_scale keeps the step within the base's scale.)
+        v_quantity := trunc(div(v_quote_quantity, p_price * p_market.qty_step) * p_market.qty_step,
                             p_market.base_scale);
     END IF;
     v_notional := v_quantity * p_price;
@@ -355,6 +399,7 @@ CREATE FUNCTION buy(
     p_max_price numeric,
     p_price numeric,
     p_price_at timestamptz,
+    p_price_valid_ms integer,
     p_idempotency_key text
 )
 RETURNS movement_result
@@ -374,7 +419,8 @@ BEGIN
         RETURN movement_result(v_tx_id, true);
     END IF;
 
-    v_quantity := order_quantity(v_market, 'buy', p_quantity, p_quote_quantity, p_max_price, p_price);
+    v_quantity := order_quantity(v_market, 'buy', p_quantity, p_quote_quantity, p_max_price,
+                                 p_price, p_price_valid_ms);
     v_cost := round_up(v_quantity * p_price, v_market.quote_scale);
     v_fee := round_up(v_quantity * v_market.fee_rate, v_market.base_scale);
     IF v_fee >= v_quantity THEN
@@ -403,6 +449,7 @@ CREATE FUNCTION sell(
     p_min_price numeric,
     p_price numeric,
     p_price_at timestamptz,
+    p_price_valid_ms integer,
     p_idempotency_key text
 )
 RETURNS movement_result
@@ -422,7 +469,8 @@ BEGIN
         RETURN movement_result(v_tx_id, true);
     END IF;
 
-    v_quantity := order_quantity(v_market, 'sell', p_quantity, p_quote_quantity, p_min_price, p_price);
+    v_quantity := order_quantity(v_market, 'sell', p_quantity, p_quote_quantity, p_min_price,
+                                 p_price, p_price_valid_ms);
     v_proceeds := trunc(v_quantity * p_price, v_market.quote_scale);
     v_fee := round_up(v_proceeds * v_market.fee_rate, v_market.quote_scale);
     IF v_fee >= v_proceeds THEN

@@ -1,0 +1,134 @@
+"""The PL/pgSQL trade functions called straight through asyncpg, as psql or a second
+service would: many connections at once, so the row locks, not the HTTP layer's
+pacing, are what keeps the books; and the rules hold for any caller."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import asyncpg
+import msgspec
+import pytest
+from conftest import audit
+
+from exchange import repo
+from exchange.config import Settings
+from exchange.db import create_pool
+
+CONNECTIONS = 30
+NOW = datetime.now(UTC)
+
+
+@pytest.fixture(scope="module")
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """The app's own pool set-up (lock and statement timeouts included), all connections open."""
+    configured = msgspec.structs.replace(settings, db_pool_min_size=CONNECTIONS, db_pool_max_size=CONNECTIONS)
+    pool = await create_pool(configured)
+    yield pool
+    await pool.close()
+
+
+async def funded_user(pool: asyncpg.Pool, usdt: str, btc: str | None = None) -> int:
+    user = await repo.create_user(pool, f"sql-{secrets.token_hex(6)}@example.com", "not-a-hash")
+    await repo.deposit(pool, user.id, "USDT", Decimal(usdt), secrets.token_hex(8))
+    if btc is not None:
+        await repo.deposit(pool, user.id, "BTC", Decimal(btc), secrets.token_hex(8))
+    return user.id
+
+
+async def trade(
+    pool: asyncpg.Pool, user_id: int, side: str, quantity: str, price: str = "50000.00"
+) -> str | None:
+    """Fill one order; None if it filled, else the SQLSTATE it was refused with."""
+    fill = repo.buy if side == "buy" else repo.sell
+    try:
+        await fill(
+            pool,
+            user_id,
+            "BTCUSDT",
+            Decimal(quantity),
+            None,
+            None,
+            Decimal(price),
+            NOW,
+            None,
+            secrets.token_hex(8),
+        )
+    except asyncpg.PostgresError as exc:
+        return exc.sqlstate
+    return None
+
+
+async def test_rounds_of_forty_simultaneous_buys_never_overspend(
+    pool: asyncpg.Pool, db: asyncpg.Pool
+) -> None:
+    for _ in range(5):
+        user_id = await funded_user(pool, "100")
+
+        outcomes = await asyncio.gather(*(trade(pool, user_id, "buy", "0.0002") for _ in range(40)))
+
+        # 0.0002 x 50000 = 10.00 each: exactly ten fit in 100, and nothing else goes wrong.
+        assert outcomes.count(None) == 10
+        assert outcomes.count("EX004") == 30
+        wallets = {w.asset: w.balance for w in await repo.wallets_for_user(pool, user_id)}
+        assert (wallets["USDT"], wallets["BTC"]) == (0, Decimal("0.001998"))
+    assert await audit(db) == []
+
+
+async def test_simultaneous_buys_sells_and_deposits_of_one_user_never_deadlock(
+    pool: asyncpg.Pool, db: asyncpg.Pool
+) -> None:
+    for _ in range(3):
+        user_id = await funded_user(pool, "200", btc="0.004")
+        calls = []
+        for i in range(60):
+            if i % 3 == 0:
+                calls.append(trade(pool, user_id, "buy", "0.0002"))
+            elif i % 3 == 1:
+                calls.append(trade(pool, user_id, "sell", "0.0003"))
+            else:
+                deposit = repo.deposit(pool, user_id, "BTC", Decimal("0.0001"), secrets.token_hex(8))
+                calls.append(deposit)
+
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        assert errors == []  # a deadlock (40P01) or lock timeout would show here
+        assert {o for o in outcomes if isinstance(o, str)} <= {"EX004"}
+    assert await audit(db) == []
+
+
+@pytest.mark.parametrize("scale", range(19))
+async def test_round_up_adds_one_unit_of_any_scale(pool: asyncpg.Pool, scale: int) -> None:
+    unit = Decimal(1).scaleb(-scale)
+    value = Decimal(3) + unit / 10  # a tenth of a unit above 3
+
+    rounded = await pool.fetchval("SELECT round_up($1, $2)", value, scale)
+
+    assert rounded == Decimal(3) + unit
+    assert await pool.fetchval("SELECT round_up($1, $2)", Decimal(3), scale) == 3
+
+
+async def test_a_market_step_finer_than_its_base_asset_is_refused(pool: asyncpg.Pool) -> None:
+    with pytest.raises(asyncpg.CheckViolationError, match="qty_step"):
+        await pool.execute("UPDATE markets SET qty_step = 0.000000005 WHERE symbol = 'BTCUSDT'")
+
+
+@pytest.mark.parametrize(
+    ("price", "guard", "sqlstate"),
+    [("NaN", None, "EX013"), ("Infinity", None, "EX013"), ("0", None, "EX013"), ("50000", "NaN", "EX001")],
+)
+async def test_the_functions_refuse_a_nonsense_price_from_any_caller(
+    pool: asyncpg.Pool, price: str, guard: str | None, sqlstate: str
+) -> None:
+    user_id = await funded_user(pool, "100")
+    with pytest.raises(asyncpg.PostgresError) as refused:
+        await repo.buy(
+            pool, user_id, "BTCUSDT", Decimal("0.0001"), None,
+            None if guard is None else Decimal(guard), Decimal(price), NOW, None, secrets.token_hex(8),
+        )  # fmt: skip
+    assert refused.value.sqlstate == sqlstate
