@@ -95,15 +95,16 @@ END;
 $$;
 
 -- p_value (>= 0) rounded up to p_scale decimals: the fee, and what a buyer pays.
--- (trunc() rounds down: what a seller receives.) Simple enough to be inlined.
--- One unit is written as '1e-<scale>': power(10::numeric, -18) keeps only 16 decimals
--- and would be 0.
+-- (trunc() rounds down: what a seller receives.)
+-- One unit is 1 / 10^scale, exact at every scale (power(10::numeric, -18) keeps only
+-- 16 decimals and would be 0). Neither STRICT nor calling anything non-immutable, so
+-- the planner inlines it into the caller's expression instead of running a function.
 CREATE FUNCTION round_up(p_value numeric, p_scale integer)
 RETURNS numeric
-LANGUAGE sql IMMUTABLE STRICT AS $$
+LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE
                WHEN trunc(p_value, p_scale) = p_value THEN trunc(p_value, p_scale)
-               ELSE trunc(p_value, p_scale) + ('1e-' || p_scale)::numeric
+               ELSE round(trunc(p_value, p_scale) + 1 / 10::numeric ^ p_scale, p_scale)
            END
 $$;
 
@@ -160,12 +161,15 @@ DECLARE
 BEGIN
     SELECT m.symbol, m.base, m.quote, b.scale, q.scale, m.qty_step, m.min_qty, m.max_qty,
            m.min_notional, m.fee_rate, m.active,
-           house_account('market', m.base), house_account('market', m.quote),
-           house_account('fees', m.base), house_account('fees', m.quote)
+           bm.id, qm.id, bf.id, qf.id
     INTO v_market
     FROM markets AS m
     JOIN assets AS b ON b.code = m.base
     JOIN assets AS q ON q.code = m.quote
+    JOIN accounts AS bm ON bm.user_id IS NULL AND bm.kind = 'market' AND bm.asset = m.base
+    JOIN accounts AS qm ON qm.user_id IS NULL AND qm.kind = 'market' AND qm.asset = m.quote
+    JOIN accounts AS bf ON bf.user_id IS NULL AND bf.kind = 'fees' AND bf.asset = m.base
+    JOIN accounts AS qf ON qf.user_id IS NULL AND qf.kind = 'fees' AND qf.asset = m.quote
     WHERE m.symbol = p_symbol;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'EX006', MESSAGE = format('unknown symbol %s', p_symbol),
@@ -201,7 +205,8 @@ $$;
 
 -- The fingerprint of an order request, for idempotency. Numbers are compared by value
 -- (0.010 and 0.01 are the same order); an absent field prints as nothing, and each
--- field keeps its place, so quantity 1 and quote_quantity 1 differ.
+-- field keeps its place, so quantity 1 and quote_quantity 1 differ. STABLE as format()
+-- is, so that the planner inlines it.
 CREATE FUNCTION order_hash(
     p_side text,
     p_symbol text,
@@ -210,7 +215,7 @@ CREATE FUNCTION order_hash(
     p_price_guard numeric
 )
 RETURNS bytea
-LANGUAGE sql IMMUTABLE AS $$
+LANGUAGE sql STABLE AS $$
     SELECT sha256(convert_to(format('%s %s q=%s qq=%s guard=%s', p_side, p_symbol,
                                     trim_scale(p_quantity), trim_scale(p_quote_quantity),
                                     trim_scale(p_price_guard)), 'UTF8'))
