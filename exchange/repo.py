@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import msgspec
@@ -91,56 +91,30 @@ async def withdraw(
     return _movement(row)
 
 
-async def buy(
+async def trade(
     pool: Pool,
+    side: Literal["buy", "sell"],
     user_id: int,
     symbol: str,
     quantity: Decimal | None,
     quote_quantity: Decimal | None,
-    max_price: Decimal | None,
+    price_guard: Decimal | None,
     price: Decimal | None,
     price_at: datetime | None,
     price_valid_ms: int | None,
     idempotency_key: str,
 ) -> tuple[Transaction, bool]:
-    """(trade, replayed). price is None when no usable price was read; price_valid_ms
-    is how much longer it may be used (a lock wait past it refuses the trade)."""
+    """(trade, replayed), through sql/queries/buy.sql or sell.sql. price_guard is
+    max_price (buy) or min_price (sell); price is None when no usable price was read;
+    price_valid_ms is how much longer it may be used (a lock wait past it refuses)."""
+    query = Q.buy if side == "buy" else Q.sell
     row = await pool.fetchrow(
-        Q.buy,
+        query,
         user_id,
         symbol,
         quantity,
         quote_quantity,
-        max_price,
-        price,
-        price_at,
-        price_valid_ms,
-        idempotency_key,
-    )
-    return _movement(row)
-
-
-async def sell(
-    pool: Pool,
-    user_id: int,
-    symbol: str,
-    quantity: Decimal | None,
-    quote_quantity: Decimal | None,
-    min_price: Decimal | None,
-    price: Decimal | None,
-    price_at: datetime | None,
-    price_valid_ms: int | None,
-    idempotency_key: str,
-) -> tuple[Transaction, bool]:
-    """(trade, replayed). price is None when no usable price was read; price_valid_ms
-    is how much longer it may be used (a lock wait past it refuses the trade)."""
-    row = await pool.fetchrow(
-        Q.sell,
-        user_id,
-        symbol,
-        quantity,
-        quote_quantity,
-        min_price,
+        price_guard,
         price,
         price_at,
         price_valid_ms,

@@ -9,6 +9,7 @@ import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Literal
 
 import asyncpg
 import msgspec
@@ -41,13 +42,13 @@ async def funded_user(pool: asyncpg.Pool, usdt: str, btc: str | None = None) -> 
 
 
 async def trade(
-    pool: asyncpg.Pool, user_id: int, side: str, quantity: str, price: str = "50000.00"
+    pool: asyncpg.Pool, user_id: int, side: Literal["buy", "sell"], quantity: str, price: str = "50000.00"
 ) -> str | None:
     """Fill one order; None if it filled, else the SQLSTATE it was refused with."""
-    fill = repo.buy if side == "buy" else repo.sell
     try:
-        await fill(
+        await repo.trade(
             pool,
+            side,
             user_id,
             "BTCUSDT",
             Decimal(quantity),
@@ -127,8 +128,8 @@ async def test_the_functions_refuse_a_nonsense_price_from_any_caller(
 ) -> None:
     user_id = await funded_user(pool, "100")
     with pytest.raises(asyncpg.PostgresError) as refused:
-        await repo.buy(
-            pool, user_id, "BTCUSDT", Decimal("0.0001"), None,
+        await repo.trade(
+            pool, "buy", user_id, "BTCUSDT", Decimal("0.0001"), None,
             None if guard is None else Decimal(guard), Decimal(price), NOW, None, secrets.token_hex(8),
         )  # fmt: skip
     assert refused.value.sqlstate == sqlstate

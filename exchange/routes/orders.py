@@ -59,9 +59,9 @@ async def place_order(
     symbol = data.symbol.upper()
     max_age_ms = state.settings.trade_price_max_age_ms
     price = await trade_price(state.prices, symbol, max_age_ms)
-    fill = repo.buy if data.side == "buy" else repo.sell
-    trade, replayed = await fill(
+    trade, replayed = await repo.trade(
         state.pool,
+        data.side,
         request.user.id,
         symbol,
         quantity,
