@@ -5,10 +5,12 @@ pacing, are what keeps the books; and the rules hold for any caller."""
 from __future__ import annotations
 
 import asyncio
+import random
 import secrets
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Literal
 
 import asyncpg
@@ -133,3 +135,84 @@ async def test_the_functions_refuse_a_nonsense_price_from_any_caller(
             None if guard is None else Decimal(guard), Decimal(price), NOW, None, secrets.token_hex(8),
         )  # fmt: skip
     assert refused.value.sqlstate == sqlstate
+
+
+def expected_fill(
+    side: str, quantity: Decimal | None, quote_quantity: Decimal | None, price: Decimal
+) -> dict:
+    """BTCUSDT's rules, computed independently in Decimal: step 0.00001, quantity within
+    [0.00001, 9000], notional >= 5, fee 0.1% of what is received, rounded up; USDT 2 decimals."""
+    step, cent, satoshi = Decimal("0.00001"), Decimal("0.01"), Decimal("0.00000001")
+    if quantity is None:
+        quantity = (quote_quantity / (price * step)).to_integral_value(ROUND_FLOOR) * step
+    notional = quantity * price
+    if quantity == 0 or notional < 5:
+        return {"refused": "EX011"}
+    if not Decimal("0.00001") <= quantity <= 9000:
+        return {"refused": "EX010"}
+    if side == "buy":
+        return {
+            "amount": quantity,
+            "quote_qty": notional.quantize(cent, ROUND_CEILING),
+            "fee": (quantity * Decimal("0.001")).quantize(satoshi, ROUND_CEILING),
+        }
+    proceeds = notional.quantize(cent, ROUND_FLOOR)
+    return {
+        "amount": quantity,
+        "quote_qty": proceeds,
+        "fee": (proceeds * Decimal("0.001")).quantize(cent, ROUND_CEILING),
+    }
+
+
+async def test_random_orders_fill_exactly_as_a_decimal_model_computes(
+    pool: asyncpg.Pool, db: asyncpg.Pool
+) -> None:
+    wallets = {"USDT": Decimal("100000000"), "BTC": Decimal("1000")}
+    user_id = await funded_user(pool, str(wallets["USDT"]), btc=str(wallets["BTC"]))
+    rng = random.Random(5)
+    outcomes: Counter[str] = Counter()
+    for _ in range(300):
+        side = rng.choice(["buy", "sell"])
+        price = Decimal(rng.randint(1, 10**8)).scaleb(-rng.choice([2, 4, 8]))  # 0.00000001 .. 1,000,000
+        if rng.random() < 0.5:
+            quantity, quote_quantity = Decimal(rng.randint(1, 10**7)).scaleb(-5), None  # up to 100 BTC
+        else:
+            quantity, quote_quantity = (
+                None,
+                Decimal(rng.randint(1, 10**9)).scaleb(-2),
+            )  # up to 10,000,000 USDT
+        expected = expected_fill(side, quantity, quote_quantity, price)
+        if "refused" not in expected:
+            paid, needed = ("USDT", expected["quote_qty"]) if side == "buy" else ("BTC", expected["amount"])
+            if wallets[paid] < needed:
+                expected = {"refused": "EX004"}
+        try:
+            filled, _ = await repo.trade(
+                pool,
+                side,
+                user_id,
+                "BTCUSDT",
+                quantity,
+                quote_quantity,
+                None,
+                price,
+                NOW,
+                None,
+                secrets.token_hex(8),
+            )
+        except asyncpg.PostgresError as exc:
+            assert {"refused": exc.sqlstate} == expected, (side, quantity, quote_quantity, price)
+            outcomes[exc.sqlstate] += 1
+            continue
+        outcomes[side] += 1
+        got = {"amount": filled.amount, "quote_qty": filled.quote_qty, "fee": filled.fee}
+        assert got == expected, (side, quantity, quote_quantity, price)
+        if side == "buy":
+            wallets["USDT"] -= filled.quote_qty
+            wallets["BTC"] += filled.amount - filled.fee
+        else:
+            wallets["BTC"] -= filled.amount
+            wallets["USDT"] += filled.quote_qty - filled.fee
+    assert set(outcomes) == {"buy", "sell", "EX004", "EX010", "EX011"}  # every path was taken
+    assert {w.asset: w.balance for w in await repo.wallets_for_user(pool, user_id) if w.balance} == wallets
+    assert await audit(db) == []
