@@ -83,10 +83,23 @@ class OrderRequest(msgspec.Struct, forbid_unknown_fields=True):
 
     symbol: Annotated[str, msgspec.Meta(pattern=SYMBOL_PATTERN, examples=["BTCUSDT"])]
     side: Literal["buy", "sell"]
-    quantity: Decimal | None = None
-    quote_quantity: Decimal | None = None
-    max_price: Decimal | None = None
-    min_price: Decimal | None = None
+    quantity: Annotated[
+        Decimal | None,
+        msgspec.Meta(description="Base quantity, a multiple of the market's step.", examples=["0.01"]),
+    ] = None
+    quote_quantity: Annotated[
+        Decimal | None,
+        msgspec.Meta(
+            description="Instead of quantity: trade the most steps whose notional is at most this.",
+            examples=["100"],
+        ),
+    ] = None
+    max_price: Annotated[
+        Decimal | None, msgspec.Meta(description="Buy only: refuse (409 price_moved) above this price.")
+    ] = None
+    min_price: Annotated[
+        Decimal | None, msgspec.Meta(description="Sell only: refuse (409 price_moved) below this price.")
+    ] = None
 
     def price_guard(self) -> Decimal | None:
         """max_price of a buy or min_price of a sell; the other one is refused."""
