@@ -34,7 +34,7 @@ async def trade_price(cache: PriceCache, symbol: str, max_age_ms: int) -> Price 
     try:
         price = await cache.price(symbol)
     except PriceUnavailable as exc:
-        log.info("no price for %s: %s", symbol, exc.reason)
+        log.debug("no price for %s: %s", symbol, exc.reason)  # the cache logs the outage itself
         return None
     return price if price.age_ms <= max_age_ms else None
 
