@@ -237,7 +237,7 @@ CREATE FUNCTION order_quantity(
     p_price_valid_ms integer
 )
 RETURNS numeric
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql AS $$  -- not STABLE: it reads clock_timestamp()
 DECLARE
     v_quantity        numeric;
     v_quote_quantity  numeric;
