@@ -241,10 +241,14 @@ async def register_and_login(client: httpx.AsyncClient, email: str | None = None
     email = email or f"user-{secrets.token_hex(6)}@example.com"
     created = await client.post("/api/v1/auth/register", json={"email": email, "password": TEST_PASSWORD})
     assert created.status_code == 201, created.text
+    return Account(id=created.json()["id"], email=email, headers=await login(client, email))
+
+
+async def login(client: httpx.AsyncClient, email: str) -> dict[str, str]:
+    """Headers with a fresh token, carrying the account's role as it is now."""
     token = await client.post("/api/v1/auth/token", data={"username": email, "password": TEST_PASSWORD})
     assert token.status_code == 200, token.text
-    headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
-    return Account(id=created.json()["id"], email=email, headers=headers)
+    return {"Authorization": f"Bearer {token.json()['access_token']}"}
 
 
 @pytest.fixture

@@ -19,13 +19,13 @@ import httpx
 import msgspec
 import pytest
 from conftest import (
-    TEST_PASSWORD,
     Account,
     FakeBinanceControl,
     audit,
     fake_binance_server,
     key,
     ledger_counts,
+    login,
     move,
     register_and_login,
     serving,
@@ -437,7 +437,7 @@ async def test_admins_see_the_house_take_the_other_side_and_the_fees(
     assert error_of(await exchange.http.get("/api/v1/admin/house", headers=leo.headers)) == (403, "forbidden")
     boss = await exchange.user()
     await repo.set_role(db, boss.email, "admin")
-    boss = await register_and_login_again(exchange, boss)
+    boss.headers = await login(exchange.http, boss.email)
     await exchange.set_prices({"BTCUSDT": "64123.45"})
 
     async def house() -> dict[tuple[str, str], Decimal]:
@@ -457,11 +457,3 @@ async def test_admins_see_the_house_take_the_other_side_and_the_fees(
         ("BTC", "fees"): Decimal(trade["fee"]),
         ("USDT", "market"): Decimal(trade["quote_qty"]),
     }
-
-
-async def register_and_login_again(exchange: Exchange, account: Account) -> Account:
-    """A fresh token, carrying the role the account has now."""
-    token = await exchange.http.post(
-        "/api/v1/auth/token", data={"username": account.email, "password": TEST_PASSWORD}
-    )
-    return Account(account.id, account.email, {"Authorization": f"Bearer {token.json()['access_token']}"})
