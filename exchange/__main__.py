@@ -1,4 +1,4 @@
-"""The `exchange` command: serve | migrate | create-admin | audit | fake-binance."""
+"""The `exchange` command: serve | migrate | create-admin | audit | bench | fake-binance."""
 
 from __future__ import annotations
 
@@ -12,11 +12,14 @@ import sys
 import msgspec
 
 from exchange import repo
+from exchange.bench.run import add_arguments as add_bench_arguments
+from exchange.bench.run import bench_command
 from exchange.config import Settings, settings_from_env
 from exchange.db import connect, migrate
 from exchange.errors import ExchangeError
 from exchange.fake_binance import create_fake_binance, serve_in_thread
 from exchange.security import check_password_rules, hash_password
+from exchange.serving import run_uvicorn
 from exchange.sockets import listening_socket
 
 
@@ -51,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     fake.add_argument("--port", type=int, default=9100, help="port (default 9100)")
     fake.add_argument("--seed", type=int, default=1, help="random-walk seed: same seed, same prices")
 
+    bench = commands.add_parser(
+        "bench", help="load a server with simulated users, then check the ledger (see README: Performance)"
+    )
+    add_bench_arguments(bench)
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = settings_from_env()
@@ -66,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(create_admin(settings, args.email, args.password_stdin))
     if args.command == "audit":
         return asyncio.run(audit_command(settings))
+    if args.command == "bench":
+        return bench_command(settings, args)
     if args.command == "fake-binance":
         return fake_binance_command(args.host, args.port, args.seed)
     parser.error(f"unknown command {args.command}")
@@ -73,8 +83,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve_command(settings: Settings, host: str | None, port: int | None, workers: int | None) -> int:
-    import uvicorn
-
     asyncio.run(migrate(settings.database_url))
     if settings.fake_binance:
         # The workers read BINANCE_URL from the environment they inherit.
@@ -82,16 +90,12 @@ def serve_command(settings: Settings, host: str | None, port: int | None, worker
         logging.getLogger("exchange").info(
             "offline mode: prices come from the local Binance stand-in at %s", os.environ["BINANCE_URL"]
         )
-    uvicorn.run(
+    run_uvicorn(
         "exchange.app:create_app",
-        factory=True,
-        host=host or settings.host,
-        port=settings.port if port is None else port,
-        workers=workers or settings.workers or os.cpu_count() or 1,
-        # uvloop and httptools (installed with the package) where the platform has them.
-        loop="auto",
-        http="auto",
-        log_level=settings.log_level,
+        host or settings.host,
+        settings.port if port is None else port,
+        workers or settings.workers or os.cpu_count() or 1,
+        settings.log_level,
     )
     return 0
 

@@ -1,0 +1,101 @@
+"""`exchange bench --ceiling`: what this machine allows, measured in the same run.
+
+- pgbench's built-in tpcb-like transaction, with the benchmark's client count (scale 10);
+- one hot row: sql/bench/hot_row.sql's lock-update-insert function called by every
+  pgbench client on the same row (the yardstick for the `hot` scenario);
+- a bare Litestar + asyncpg `SELECT 1` endpoint (exchange/bench/bare.py) served like the
+  product and driven by the same generator (the HTTP + driver ceiling).
+
+pgbench runs in a scratch database that is dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import asyncpg
+
+from exchange.bench.load import Window, open_connections, run_load
+from exchange.bench.scenarios import Operation, User
+from exchange.bench.spawn import free_port, process, scratch_database, server_env
+from exchange.queries import SQL_DIR
+
+PGBENCH_SCALE = 10
+_TPS = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
+
+
+async def pgbench_rates(server_url: str, clients: int, seconds: float) -> dict[str, float] | str:
+    """{"tpcb_like": tps, "hot_row": tps}, or why they could not be measured."""
+    pgbench = shutil.which("pgbench")
+    if pgbench is None:
+        return "pgbench is not installed"
+    threads = str(min(clients, os.cpu_count() or 1))
+    run = ["-n", "-M", "prepared", "-c", str(clients), "-j", threads, "-T", str(max(1, round(seconds)))]
+    async with scratch_database(server_url, f"exchange_bench_pgbench_{secrets.token_hex(4)}") as url:
+        await _pgbench(pgbench, "-i", "-q", "-s", str(PGBENCH_SCALE), url)
+        tpcb = _tps(await _pgbench(pgbench, *run, url))
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute((SQL_DIR / "bench" / "hot_row.sql").read_text())
+        finally:
+            await conn.close()
+        with tempfile.NamedTemporaryFile("w", suffix=".sql") as script:
+            script.write("SELECT hot_move(1, 1);\n")
+            script.flush()
+            hot = _tps(await _pgbench(pgbench, *run, "-f", script.name, url))
+    return {"tpcb_like": tpcb, "hot_row": hot}
+
+
+async def _pgbench(*args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await proc.communicate()
+    text = out.decode(errors="replace")
+    if proc.returncode != 0:
+        raise SystemExit(f"pgbench failed ({' '.join(args[1:-1])}):\n{text[-2000:]}")
+    return text
+
+
+def _tps(output: str) -> float:
+    match = _TPS.search(output)
+    if match is None:
+        raise SystemExit(f"no tps in pgbench's output:\n{output[-2000:]}")
+    return float(match.group(1))
+
+
+SELECT1 = Operation(
+    "select1", lambda _user, host, _run: f"GET /select1 HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+)
+
+
+async def bare_select1(
+    database_url: str, workers: int, connections: int, warmup: float, seconds: float, log_dir: Path
+) -> Window:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = [sys.executable, "-m", "exchange.bench.bare", "--port", str(port), "--workers", str(workers)]
+    env = server_env(DATABASE_URL=database_url)
+    async with process(args, env, log_dir / "bare.log", f"{url}/select1"):
+        conns = await open_connections("127.0.0.1", port, connections)
+        try:
+            nobody = [User("", "")]
+            return await run_load(
+                conns,
+                [nobody] * connections,
+                [SELECT1],
+                host=f"127.0.0.1:{port}",
+                run_id="",
+                warmup=warmup,
+                duration=seconds,
+            )
+        finally:
+            for conn in conns:
+                conn.close()
