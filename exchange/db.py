@@ -25,6 +25,14 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("numeric", schema="pg_catalog", encoder=str, decoder=Money, format="text")
 
 
+async def _keep_session(_: asyncpg.Connection) -> None:
+    """What the pool does to a connection it takes back, after asyncpg has rolled back
+    any open transaction: nothing more. asyncpg's default runs a reset query (advisory
+    unlock, CLOSE ALL, UNLISTEN, RESET ALL): one more round trip per request, undoing
+    session state this app never sets (it uses no SET, LISTEN, cursors or advisory locks
+    on pooled connections)."""
+
+
 async def create_pool(settings: Settings) -> asyncpg.Pool:
     return await asyncpg.create_pool(
         settings.database_url,
@@ -37,6 +45,7 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
             "lock_timeout": str(settings.db_lock_timeout_ms),
         },
         init=_init_connection,
+        reset=_keep_session,
     )
 
 

@@ -35,6 +35,9 @@ from litestar import Litestar
 from exchange import repo
 from exchange.app import create_app
 from exchange.config import Settings
+from exchange.prices.binance import Quote
+from exchange.prices.cache import now_ms
+from exchange.prices.feed import channel_name, encode_quotes
 
 FEE_RATE = Decimal("0.001")  # every seeded market's fee_rate (001_schema.sql)
 CENT = Decimal("0.01")  # USDT's scale
@@ -192,6 +195,40 @@ async def test_the_trade_uses_the_cached_price_and_stores_it_with_its_time(excha
     assert Decimal(stored["price"]) == Decimal("61000.50") == cached["BTCUSDT"].price
     fetched_at = datetime.fromtimestamp(cached["BTCUSDT"].fetched_at_ms / 1000, UTC)
     assert datetime.fromisoformat(stored["price_at"]) == fetched_at
+
+
+async def test_the_trade_uses_the_published_price_this_worker_holds_while_it_is_fresh(
+    settings: Settings,
+) -> None:
+    # Its own server: a published quote stays in the worker's copy for the cache's TTL.
+    async with exchange_server(settings, price_cache_ttl_ms=2_000, trade_price_max_age_ms=5_000) as exchange:
+        dave = await exchange.user(usdt="500")
+        await exchange.set_prices({"BTCUSDT": "60000.00"})  # what Redis holds
+        stream = exchange.app.state.price_stream
+        await asyncio.wait_for(stream.subscribed.wait(), 5)
+
+        async def publish(price: str, age_ms: int) -> None:
+            quote = Quote("BTCUSDT", Decimal(price), now_ms() - age_ms)
+            channel = channel_name(exchange.app.state.settings.redis_prefix)
+            await exchange.app.state.redis.publish(channel, encode_quotes([quote]))
+            for _ in range(100):
+                if stream.latest.get("BTCUSDT") == quote:
+                    return
+                await asyncio.sleep(0.02)
+            raise AssertionError("the worker never received the published quote")
+
+        # A fresh publication is what the trade uses, without reading Redis.
+        await publish("60100.00", age_ms=0)
+        fresh = await exchange.order(dave, symbol="BTCUSDT", side="buy", quantity="0.001")
+        assert fresh.status_code == 201, fresh.text
+        assert Decimal(fresh.json()["trade"]["price"]) == Decimal("60100.00")
+
+        # One older than the cache's TTL is passed over for the cache's own price.
+        await exchange.set_prices({"BTCUSDT": "60000.00"})
+        await publish("60200.00", age_ms=2_500)
+        older = await exchange.order(dave, symbol="BTCUSDT", side="buy", quantity="0.001")
+        assert older.status_code == 201, older.text
+        assert Decimal(older.json()["trade"]["price"]) == Decimal("60000.00")
 
 
 async def test_a_retried_order_answers_the_first_fill_even_after_the_price_moved(exchange: Exchange) -> None:

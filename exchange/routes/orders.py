@@ -1,15 +1,17 @@
 """POST /api/v1/orders: market buys and sells at the live price (one PL/pgSQL call).
 
-The price is read from the price cache before the call, so no network call happens
-while the database holds the user's wallets locked; the function stores the price it
-was given on the transaction, and refuses it if waiting for the locks made it older
-than TRADE_PRICE_MAX_AGE_MS. Market rules (step, minimum notional, active) and the
-price guard are checked in SQL (sql/migrations/003_trade.sql).
+The price is read before the call (this worker's copy of the latest published quote,
+else the price cache), so no network call happens while the database holds the user's
+wallets locked; the function stores the price it was given on the transaction, and
+refuses it if waiting for the locks made it older than TRADE_PRICE_MAX_AGE_MS. Market
+rules (step, minimum notional, active) and the price guard are checked in SQL
+(sql/migrations/003_trade.sql).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from litestar import Request, Response, post
 from litestar.datastructures import State
@@ -17,8 +19,8 @@ from litestar.params import JSONBody
 
 from exchange import repo
 from exchange.errors import documented
-from exchange.prices.binance import PriceUnavailable
-from exchange.prices.cache import PriceCache
+from exchange.prices.binance import PriceUnavailable, Quote
+from exchange.prices.cache import PriceCache, as_price
 from exchange.routes.wallets import IdempotencyKey
 from exchange.schemas import OrderRequest, OrderResult, Price, Wallet
 from exchange.security import AuthUser
@@ -26,9 +28,20 @@ from exchange.security import AuthUser
 log = logging.getLogger("exchange.orders")
 
 
-async def trade_price(cache: PriceCache, symbol: str, max_age_ms: int) -> Price | None:
-    """The cached price if it is at most max_age_ms old, else None (the trade is refused
-    with price_unavailable, unless it replays an earlier one)."""
+async def trade_price(
+    cache: PriceCache, latest: Mapping[str, Quote], symbol: str, max_age_ms: int
+) -> Price | None:
+    """The price to trade at, or None if there is none at most max_age_ms old (the trade
+    is refused with price_unavailable, unless it replays an earlier one).
+
+    First this worker's copy of the latest published quote (kept current by the price
+    channel, so the common case costs no Redis round trip), used while the cache would
+    call it fresh; else the cache, which reads Redis and refreshes if needed."""
+    quote = latest.get(symbol)
+    if quote is not None:
+        price = as_price(quote, cache.fresh_ms)
+        if not price.stale:
+            return price
     if symbol not in cache.symbols:
         return None  # unknown market (SQL says so) or one added since this worker started
     try:
@@ -58,7 +71,7 @@ async def place_order(
     quantity, quote_quantity = data.checked_quantities()
     symbol = data.symbol.upper()
     max_age_ms = state.settings.trade_price_max_age_ms
-    price = await trade_price(state.prices, symbol, max_age_ms)
+    price = await trade_price(state.prices, state.price_stream.latest, symbol, max_age_ms)
     trade, replayed = await repo.trade(
         state.pool,
         data.side,
