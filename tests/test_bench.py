@@ -1,0 +1,48 @@
+"""`exchange bench` itself: a short spawned run reports every operation, finds the audit
+clean and every user's balances as the answers implied. No assertion on speed: speed is
+what the benchmark measures, not what the tests check."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+from exchange.bench.scenarios import SCENARIOS
+from exchange.config import Settings
+
+
+async def test_a_short_spawned_run_reports_every_operation_and_loses_nothing(
+    settings: Settings, service_urls: tuple[str, str], tmp_path: Path
+) -> None:
+    results_file = tmp_path / "bench.json"
+    env = {**os.environ, "DATABASE_URL": service_urls[0], "REDIS_URL": settings.redis_url}
+    args = ["--spawn", "--duration", "3", "--warmup", "0.5", "--users", "16", "--connections", "8"]
+    args += ["--scenario", "mixed,hot", "--ceiling", "--json", str(results_file)]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "exchange", "bench", *args,
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output, _ = await asyncio.wait_for(proc.communicate(), 240)
+    text = output.decode()
+
+    assert proc.returncode == 0, text
+    results = json.loads(results_file.read_text())
+    mixed, hot = results["scenarios"]["mixed"], results["scenarios"]["hot"]
+    every_operation = {op.name for op in SCENARIOS["mixed"]}
+    assert every_operation == {"deposit", "withdraw", "buy", "sell", "wallets", "history"}
+    assert set(mixed["ops"]) == every_operation
+    for name, op in {**mixed["ops"], "hot deposit": hot["ops"]["deposit"]}.items():
+        assert op["ok"] > 0 and op["errors"] == {}, (name, op)
+        assert 0 < op["p50_ms"] <= op["p95_ms"] <= op["p99_ms"] <= op["max_ms"], (name, op)
+    assert 0 < mixed["generator_cpu"] < 2
+    assert results["audit"] == {"ok": True, "violations": []}
+    assert results["balances"] == {"checked": 16, "uncertain": 0, "mismatches": []}
+    ceiling = results["ceiling"]
+    assert ceiling["select1"]["ops"]["select1"]["ok"] > 0
+    assert ceiling["pgbench"]["tpcb_like"] > 0 and ceiling["pgbench"]["hot_row"] > 0
+    assert set(results["ratios"]) >= {"hot/hot_row", "mixed/tpcb_like"}
+    # The table a person reads carries the same findings.
+    assert "audit: 0 violation(s)" in text and "16 users checked, 0 mismatch(es)" in text
