@@ -94,6 +94,9 @@ class Denylist:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.zadd(self._revoked_key, {jti: exp})
             pipe.zremrangebyscore(self._revoked_key, "-inf", now)
+            # The set lives until its last token expires (NX: first expiry; GT: later).
+            pipe.expireat(self._revoked_key, exp, nx=True)
+            pipe.expireat(self._revoked_key, exp, gt=True)
             pipe.publish(self._channel, _encode(Revoked(jti=jti, exp=exp)))
             await pipe.execute()
         self._apply(Revoked(jti=jti, exp=exp))
