@@ -37,6 +37,8 @@ RECONNECT_FIRST_SECONDS = 0.1
 RECONNECT_MAX_SECONDS = 5.0
 # A reload that takes longer (PostgreSQL or Redis hanging) gives up until the next one.
 RELOAD_TIMEOUT_SECONDS = 5.0
+# How often the listener looks up from the channel to see whether it should stop.
+LISTEN_POLL_SECONDS = 0.25
 
 
 class Revoked(msgspec.Struct, tag="revoke", tag_field="op"):
@@ -183,7 +185,9 @@ class Denylist:
                     # Whatever was announced while we were not listening.
                     self._reload_now.set()
                     while not self._loops.stopping.is_set():
-                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                        message = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=LISTEN_POLL_SECONDS
+                        )
                         if message is not None:
                             self._apply_raw(message["data"])
             except (RedisError, OSError) as exc:

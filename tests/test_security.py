@@ -157,7 +157,7 @@ async def test_login_is_limited_per_email_whatever_the_ip(
         limited = await try_login(http, account.email.upper(), TEST_PASSWORD, ip="10.1.0.99")
         assert code_of(limited) == (429, "rate_limited")
         retry_after = int(limited.headers["retry-after"])
-        assert 55 <= retry_after <= 60
+        assert 30 <= retry_after <= 60
         assert limited.json()["error"]["details"] == {"retry_after": retry_after}
         # Another email from the same IPs is not affected.
         other = await register_and_login(client)
@@ -181,13 +181,13 @@ async def test_login_is_limited_per_ip_whatever_the_email(
 
 async def test_a_limit_lifts_when_its_window_ends(client: httpx.AsyncClient, settings: Settings) -> None:
     account = await register_and_login(client)
-    limits = {"login_limit_per_email": 1, "login_window_seconds": 1}
+    limits = {"login_limit_per_email": 1, "login_window_seconds": 2}
     async with own_server(settings, redis_prefix=private_prefix(settings), **limits) as (_, http):
         assert (await try_login(http, account.email, TEST_PASSWORD)).status_code == 200
         limited = await try_login(http, account.email, TEST_PASSWORD)
         assert code_of(limited) == (429, "rate_limited")
-        assert limited.headers["retry-after"] == "1"
-        await asyncio.sleep(1.1)
+        assert limited.headers["retry-after"] in ("1", "2")
+        await asyncio.sleep(int(limited.headers["retry-after"]) + 0.1)
         assert (await try_login(http, account.email, TEST_PASSWORD)).status_code == 200
 
 
