@@ -28,13 +28,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from exchange import repo
-from exchange.prices.background import Loops
+from exchange.prices.background import Loops, follow_channel
 from exchange.security import AuthUser, unauthorized
 
 log = logging.getLogger("exchange.denylist")
 
-RECONNECT_FIRST_SECONDS = 0.1
-RECONNECT_MAX_SECONDS = 5.0
 # A reload that takes longer (PostgreSQL or Redis hanging) gives up until the next one.
 RELOAD_TIMEOUT_SECONDS = 5.0
 # How often the listener looks up from the channel to see whether it should stop.
@@ -175,26 +173,20 @@ class Denylist:
                 log.exception("reloading disabled users and revoked tokens failed")
 
     async def _listen(self) -> None:
-        backoff = RECONNECT_FIRST_SECONDS
-        while not self._loops.stopping.is_set():
-            try:
-                async with self._redis.pubsub() as pubsub:
-                    await pubsub.subscribe(self._channel)
-                    self.subscribed.set()
-                    backoff = RECONNECT_FIRST_SECONDS
-                    # Whatever was announced while we were not listening.
-                    self._reload_now.set()
-                    while not self._loops.stopping.is_set():
-                        message = await pubsub.get_message(
-                            ignore_subscribe_messages=True, timeout=LISTEN_POLL_SECONDS
-                        )
-                        if message is not None:
-                            self._apply_raw(message["data"])
-            except (RedisError, OSError) as exc:
-                self.subscribed.clear()
-                log.warning("auth channel lost (%s); retrying in %.1f s", type(exc).__name__, backoff)
-                await self._loops.pause(backoff)
-                backoff = min(RECONNECT_MAX_SECONDS, backoff * 2)
+        await follow_channel(
+            self._redis,
+            self._channel,
+            self._loops,
+            subscribed=self.subscribed,
+            on_subscribed=self._catch_up,
+            on_message=self._apply_raw,
+            log=log,
+            poll_seconds=LISTEN_POLL_SECONDS,
+        )
+
+    async def _catch_up(self) -> None:
+        # Whatever was announced while we were not listening: reread (in the reload loop).
+        self._reload_now.set()
 
     def _apply_raw(self, data: bytes) -> None:
         try:
