@@ -25,7 +25,7 @@ from exchange.prices.binance import BinanceClient, create_http_client
 from exchange.prices.cache import PriceCache
 from exchange.prices.feed import PriceFeed
 from exchange.prices.stream import PriceStream
-from exchange.ratelimit import RateLimiter
+from exchange.ratelimit import RateLimiter, limits_from
 from exchange.routes import auth, health, orders, prices, transactions, users, wallets
 from exchange.routes.admin import admin_router
 from exchange.security import BearerAuthMiddleware, hash_password
@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
             )
         )
-        state.rate_limiter = RateLimiter(state.redis, settings.redis_prefix)
+        state.rate_limiter = RateLimiter(state.redis, settings.redis_prefix, limits_from(settings))
         state.denylist = Denylist(
             state.pool, state.redis, prefix=settings.redis_prefix, reload_ms=settings.auth_reload_ms
         )

@@ -17,9 +17,11 @@ import logging
 import math
 import time
 
+import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from exchange.config import Settings
 from exchange.errors import ExchangeError
 
 log = logging.getLogger("exchange.ratelimit")
@@ -45,29 +47,50 @@ return left
 """
 
 
-class Limit:
+class Limit(msgspec.Struct, frozen=True):
     """At most `count` attempts per `window_seconds` (count 0: no limit)."""
 
-    def __init__(self, count: int, window_seconds: int) -> None:
-        self.count = count
-        self.window_seconds = window_seconds
+    count: int
+    window_seconds: int
+
+
+class Limits(msgspec.Struct, frozen=True):
+    per_ip: Limit
+    per_email: Limit
+
+
+def limits_from(settings: Settings) -> dict[str, Limits]:
+    """The limits of each action, as configured."""
+    login_window, register_window = settings.login_window_seconds, settings.register_window_seconds
+    return {
+        "login": Limits(
+            per_ip=Limit(settings.login_limit_per_ip, login_window),
+            per_email=Limit(settings.login_limit_per_email, login_window),
+        ),
+        "register": Limits(
+            per_ip=Limit(settings.register_limit_per_ip, register_window),
+            per_email=Limit(settings.register_limit_per_email, register_window),
+        ),
+    }
 
 
 class RateLimiter:
-    def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, redis: aioredis.Redis, prefix: str, limits: dict[str, Limits]) -> None:
         self._redis = redis
         self._prefix = f"{prefix}rl:"
+        self._limits = limits
         self._hit = redis.register_script(_HIT)
         self._warned_at = -math.inf
 
-    async def check(self, action: str, ip: str, email: str, per_ip: Limit, per_email: Limit) -> None:
-        """Count one attempt by this IP and for this email; 429 rate_limited if either
-        is over its limit, with Retry-After the seconds left in that window."""
+    async def check(self, action: str, ip: str, email: str) -> None:
+        """Count one attempt at `action` by this IP and for this email; 429 rate_limited
+        if either is over its limit, with Retry-After the seconds left in that window."""
+        limits = self._limits[action]
         # The email is hashed: Redis keys should not list who tried to log in.
         email_digest = hashlib.sha256(email.strip().lower().encode()).hexdigest()[:32]
         counters = [
-            (f"{self._prefix}{action}:ip:{ip}", per_ip),
-            (f"{self._prefix}{action}:email:{email_digest}", per_email),
+            (f"{self._prefix}{action}:ip:{ip}", limits.per_ip),
+            (f"{self._prefix}{action}:email:{email_digest}", limits.per_email),
         ]
         counters = [(key, limit) for key, limit in counters if limit.count > 0]
         if not counters:

@@ -14,7 +14,6 @@ from litestar.params import JSONBody, URLEncodedBody
 
 from exchange import repo
 from exchange.errors import ExchangeError, documented
-from exchange.ratelimit import Limit
 from exchange.schemas import RegisterRequest, Token, TokenForm, User
 from exchange.security import AuthUser, check_password_rules, hash_password, issue_token, verify_password
 
@@ -30,14 +29,7 @@ async def register(data: JSONBody[RegisterRequest], request: Request, state: Sta
     """Email (unique whatever its case) and a password of 8+ characters and at most
     72 bytes in UTF-8: bcrypt reads no further, so longer passwords are refused.
     Rate limited per client IP and per email (429 `rate_limited`, `Retry-After`)."""
-    settings = state.settings
-    await state.rate_limiter.check(
-        "register",
-        client_ip(request),
-        data.email,
-        per_ip=Limit(settings.register_limit_per_ip, settings.register_window_seconds),
-        per_email=Limit(settings.register_limit_per_email, settings.register_window_seconds),
-    )
+    await state.rate_limiter.check("register", client_ip(request), data.email)
     check_password_rules(data.password)
     password_hash = await hash_password(data.password, state.settings.bcrypt_rounds)
     return await repo.create_user(state.pool, data.email, password_hash)
@@ -58,14 +50,7 @@ async def token(
     """Form fields `username` (the email) and `password`; answers a bearer token.
     403 `user_disabled` comes only after the right password. Rate limited per client IP
     and per email, counting every attempt (429 `rate_limited`, `Retry-After`)."""
-    settings = state.settings
-    await state.rate_limiter.check(
-        "login",
-        client_ip(request),
-        data.username,
-        per_ip=Limit(settings.login_limit_per_ip, settings.login_window_seconds),
-        per_email=Limit(settings.login_limit_per_email, settings.login_window_seconds),
-    )
+    await state.rate_limiter.check("login", client_ip(request), data.username)
     credentials = await repo.credentials_by_email(state.pool, data.username)
     if credentials is None:
         # Spend the same bcrypt time as for a real user: timing tells nothing.
@@ -75,6 +60,7 @@ async def token(
         raise invalid_credentials()
     if credentials.disabled:
         raise ExchangeError("user_disabled", "this account is disabled", 403)
+    settings = state.settings
     body = Token(
         access_token=issue_token(settings, credentials.id, credentials.role),
         expires_in=settings.jwt_ttl_seconds,
