@@ -44,7 +44,9 @@ class Revoked(msgspec.Struct, tag="revoke", tag_field="op"):
     exp: int
 
 
-class Disabled(msgspec.Struct, tag="disable", tag_field="op"):
+class Disabled(msgspec.Struct, tag="user", tag_field="op"):
+    """A user was disabled (disabled=true) or enabled again."""
+
     user_id: int
     disabled: bool
 
