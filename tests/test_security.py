@@ -369,6 +369,27 @@ async def test_with_redis_down_the_last_known_sets_hold_and_login_fails_open(
         await status_within(3, 401, lambda: me(http, alice_second))
 
 
+async def test_authenticated_requests_send_nothing_to_redis(
+    settings: Settings, free_redis: Callable[[], Awaitable[PrivateRedis]]
+) -> None:
+    """The revoked/disabled check is in memory: the hot path stays one database call."""
+    redis = await free_redis()
+    overrides = {"redis_url": redis.url, "price_poll_ms": 0, "auth_reload_ms": 600_000}
+    async with own_server(settings, **overrides) as (app, http), aioredis.from_url(redis.url) as probe:
+        account = await register_and_login(http)
+        await asyncio.wait_for(app.state.denylist.subscribed.wait(), 10)
+        await asyncio.sleep(0.3)  # the catch-up reads after subscribing are done
+
+        async def commands() -> int:
+            return (await probe.info("stats"))["total_commands_processed"]
+
+        before = await commands()
+        for _ in range(50):
+            assert (await http.get("/api/v1/wallets", headers=account.headers)).status_code == 200
+        # The first INFO itself may be counted.
+        assert await commands() - before <= 1
+
+
 # Admin operations -----------------------------------------------------------------------
 
 ADMIN_ROUTES = [
