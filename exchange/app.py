@@ -18,12 +18,14 @@ from litestar.openapi.spec import Components, OAuthFlow, OAuthFlows, SecuritySch
 from exchange import __version__, repo
 from exchange.config import Settings, settings_from_env
 from exchange.db import create_pool
+from exchange.denylist import Denylist
 from exchange.errors import exception_handlers
 from exchange.money import Money
 from exchange.prices.binance import BinanceClient, create_http_client
 from exchange.prices.cache import PriceCache
 from exchange.prices.feed import PriceFeed
 from exchange.prices.stream import PriceStream
+from exchange.ratelimit import RateLimiter, limits_from
 from exchange.routes import auth, health, orders, prices, transactions, users, wallets
 from exchange.routes.admin import admin_router
 from exchange.security import BearerAuthMiddleware, hash_password
@@ -54,6 +56,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
             )
         )
+        state.rate_limiter = RateLimiter(state.redis, settings.redis_prefix, limits_from(settings))
+        state.denylist = Denylist(
+            state.pool, state.redis, prefix=settings.redis_prefix, reload_ms=settings.auth_reload_ms
+        )
+        await state.denylist.start()
         # Logins for unknown emails check against this, so they take as long as real ones.
         state.dummy_password_hash = await hash_password("not-a-real-password", settings.bcrypt_rounds)
         state.http = create_http_client(settings)
@@ -75,6 +82,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         finally:
             await state.price_feed.stop()
             await state.price_stream.stop()
+            await state.denylist.stop()
             await state.http.aclose()
             await state.redis.aclose()
             await state.pool.close()
@@ -86,6 +94,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     private = Router(
         path=API_PREFIX,
         route_handlers=[
+            auth.logout,
             users.me,
             wallets.list_wallets,
             wallets.get_wallet,

@@ -63,6 +63,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     jwt_ttl_seconds: Annotated[int, msgspec.Meta(ge=60, le=86_400)] = 3600
     # bcrypt cost; tests lower it to keep the suite fast.
     bcrypt_rounds: Annotated[int, msgspec.Meta(ge=4, le=16)] = 12
+    # Attempts allowed per client IP and per email in each fixed window, counted in
+    # Redis for the whole deployment (exchange/ratelimit.py); 0 turns a limit off.
+    login_limit_per_ip: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 100
+    login_limit_per_email: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 10
+    login_window_seconds: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 60
+    register_limit_per_ip: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 20
+    register_limit_per_email: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 5
+    register_window_seconds: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 60
+    # Each worker rereads disabled users (PostgreSQL) and revoked tokens (Redis) this
+    # often: the bound for a change that bypassed the API or a lost pub/sub message.
+    auth_reload_ms: Annotated[int, msgspec.Meta(ge=100, le=600_000)] = 5_000
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
     # 0 means one worker per core.

@@ -113,15 +113,18 @@ UNAVAILABLE_SQLSTATES = ("08", "53", "57P", "55P03", "57014", "40")
 # What each error status means across the API, for the OpenAPI document.
 ERROR_DESCRIPTIONS: dict[int, str] = {
     400: "`validation_error`: malformed body, wrong types, unknown or missing fields; `details` names them",
-    401: "`unauthorized` (no, expired or invalid token) or `invalid_credentials` (login)",
+    401: "`unauthorized` (no, expired, invalid or revoked token, or a disabled user) or "
+    "`invalid_credentials` (login)",
     403: "`forbidden` (admins only) or `user_disabled`",
     404: "`not_found` (also another user's resource), `unknown_asset` or `unknown_symbol`",
     409: "`email_taken`, `insufficient_funds`, `price_moved` (the price crossed `max_price` / "
-    "`min_price`) or `market_inactive`",
+    "`min_price`), `market_inactive` or `cannot_disable_self`",
     413: "`payload_too_large`",
     422: "`invalid_amount`, `too_many_decimals`, `idempotency_key_reused`, `password_too_short`, "
     "`password_too_long`, `exactly_one_quantity`, `quantity_off_step`, `quantity_out_of_range`, "
     "`below_min_notional`, `invalid_price_guard`; `details` names the field and the limit",
+    429: "`rate_limited`: too many attempts from this IP or for this email; retry after "
+    "`Retry-After` seconds (also in `details.retry_after`)",
     503: "`service_unavailable` (PostgreSQL or Redis unreachable) or `price_unavailable` (Binance "
     "not answering and no recent price; for a trade, none younger than TRADE_PRICE_MAX_AGE_MS); "
     "retry after `Retry-After`",

@@ -51,6 +51,19 @@ async def set_role(pool: Executor, email: str, role: str) -> User | None:
     return None if row is None else User(**row)
 
 
+async def users_page(pool: Pool, before: int | None, limit: int) -> list[User]:
+    return [User(**row) for row in await pool.fetch(Q.users_page, before, limit)]
+
+
+async def set_disabled(pool: Pool, user_id: int, disabled: bool) -> User | None:
+    row = await pool.fetchrow(Q.user_set_disabled, user_id, disabled)
+    return None if row is None else User(**row)
+
+
+async def disabled_user_ids(pool: Pool) -> list[int]:
+    return [row["id"] for row in await pool.fetch(Q.users_disabled)]
+
+
 async def wallets_for_user(pool: Pool, user_id: int, asset: str | None = None) -> list[Wallet]:
     """Every asset's balance, or only `asset`'s (an empty list if it does not exist)."""
     rows = await pool.fetch(Q.wallets_for_user, user_id, asset)

@@ -178,6 +178,12 @@ class TransactionPage(msgspec.Struct):
     next_before: int | None
 
 
+class UserPage(msgspec.Struct):
+    users: list[User]
+    # Pass as ?before= to get the next (older) page; null on the last page.
+    next_before: int | None
+
+
 class Me(msgspec.Struct):
     user: User
     wallets: list[Wallet]

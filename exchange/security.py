@@ -29,6 +29,9 @@ class AuthUser(msgspec.Struct, frozen=True):
 
     id: int
     role: str
+    # The token's own id and expiry (epoch seconds): what a logout revokes, until when.
+    jti: str
+    exp: int
 
 
 def check_password_rules(password: str) -> None:
@@ -91,20 +94,25 @@ def decode_token(settings: Settings, token: str) -> AuthUser:
     except jwt.InvalidTokenError:
         raise unauthorized("the access token is not valid") from None
     try:
-        return AuthUser(id=int(claims["sub"]), role=str(claims["role"]))
+        return AuthUser(
+            id=int(claims["sub"]), role=str(claims["role"]), jti=str(claims["jti"]), exp=int(claims["exp"])
+        )
     except (TypeError, ValueError):
         raise unauthorized("the access token is not valid") from None
 
 
 class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
-    """Sets request.user from `Authorization: Bearer <JWT>`; 401 without a valid one."""
+    """Sets request.user from `Authorization: Bearer <JWT>`; 401 without a valid one,
+    or for a revoked token or a disabled user (checked in memory: exchange/denylist.py)."""
 
     async def authenticate_request(self, connection: ASGIConnection) -> AuthenticationResult:
         header = connection.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise unauthorized("an access token is required (Authorization: Bearer <token>)")
-        user = decode_token(connection.app.state.settings, token.strip())
+        state = connection.app.state
+        user = decode_token(state.settings, token.strip())
+        state.denylist.check(user)
         return AuthenticationResult(user=user, auth=token)
 
 

@@ -18,19 +18,15 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import msgspec
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from exchange.money import encode_money
-from exchange.prices.background import Loops
+from exchange.prices.background import Loops, follow_channel
 from exchange.prices.binance import Quote
 from exchange.prices.cache import as_price
 from exchange.prices.feed import channel_name, decode_quotes
 from exchange.schemas import PriceMessage
 
 log = logging.getLogger("exchange.prices.stream")
-
-RECONNECT_FIRST_SECONDS = 0.1
-RECONNECT_MAX_SECONDS = 5.0
 
 _encode = msgspec.json.Encoder(enc_hook=encode_money).encode
 
@@ -126,24 +122,19 @@ class PriceStream:
                 client.sent_ms[quote.symbol] = quote.fetched_at_ms
 
     async def _listen(self) -> None:
-        backoff = RECONNECT_FIRST_SECONDS
-        while not self._loops.stopping.is_set():
-            try:
-                async with self._redis.pubsub() as pubsub:
-                    await pubsub.subscribe(self._channel)
-                    self.subscribed.set()
-                    backoff = RECONNECT_FIRST_SECONDS
-                    if self._current is not None:
-                        self.deliver(list((await self._current()).values()))
-                    while not self._loops.stopping.is_set():
-                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                        if message is not None:
-                            self._deliver_raw(message["data"])
-            except (RedisError, OSError) as exc:
-                self.subscribed.clear()
-                log.warning("price channel lost (%s); retrying in %.1f s", type(exc).__name__, backoff)
-                await self._loops.pause(backoff)
-                backoff = min(RECONNECT_MAX_SECONDS, backoff * 2)
+        await follow_channel(
+            self._redis,
+            self._channel,
+            self._loops,
+            subscribed=self.subscribed,
+            on_subscribed=self._catch_up,
+            on_message=self._deliver_raw,
+            log=log,
+        )
+
+    async def _catch_up(self) -> None:
+        if self._current is not None:
+            self.deliver(list((await self._current()).values()))
 
     def _deliver_raw(self, data: bytes) -> None:
         try:

@@ -7,6 +7,7 @@ from litestar.datastructures import State
 
 from exchange import repo
 from exchange.errors import documented
+from exchange.routes import admin_users
 from exchange.schemas import AuditReport, HouseBalance
 from exchange.security import admin_only
 
@@ -25,4 +26,9 @@ async def house(state: State) -> list[HouseBalance]:
     return await repo.house_balances(state.pool)
 
 
-admin_router = Router(path="/admin", route_handlers=[audit, house], guards=[admin_only], tags=["admin"])
+admin_router = Router(
+    path="/admin",
+    route_handlers=[audit, house, *admin_users.route_handlers],
+    guards=[admin_only],
+    tags=["admin"],
+)

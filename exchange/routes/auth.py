@@ -1,15 +1,21 @@
-"""POST /api/v1/auth/register and POST /api/v1/auth/token (OAuth2 password flow)."""
+"""POST /api/v1/auth/register, /auth/token (OAuth2 password flow) and /auth/logout.
+
+Register and token are rate limited per client IP and per email (exchange/ratelimit.py)
+before any bcrypt work is spent. The client IP is the peer address as uvicorn gives it:
+behind a reverse proxy, uvicorn takes it from X-Forwarded-For when the proxy's address
+is in FORWARDED_ALLOW_IPS.
+"""
 
 from __future__ import annotations
 
-from litestar import Response, post
+from litestar import Request, Response, post
 from litestar.datastructures import State
 from litestar.params import JSONBody, URLEncodedBody
 
 from exchange import repo
 from exchange.errors import ExchangeError, documented
 from exchange.schemas import RegisterRequest, Token, TokenForm, User
-from exchange.security import check_password_rules, hash_password, issue_token, verify_password
+from exchange.security import AuthUser, check_password_rules, hash_password, issue_token, verify_password
 
 
 @post(
@@ -17,11 +23,13 @@ from exchange.security import check_password_rules, hash_password, issue_token, 
     status_code=201,
     tags=["auth"],
     summary="Create an account",
-    responses=documented(400, 409, 413, 422, 503),
+    responses=documented(400, 409, 413, 422, 429, 503),
 )
-async def register(data: JSONBody[RegisterRequest], state: State) -> User:
+async def register(data: JSONBody[RegisterRequest], request: Request, state: State) -> User:
     """Email (unique whatever its case) and a password of 8+ characters and at most
-    72 bytes in UTF-8: bcrypt reads no further, so longer passwords are refused."""
+    72 bytes in UTF-8: bcrypt reads no further, so longer passwords are refused.
+    Rate limited per client IP and per email (429 `rate_limited`, `Retry-After`)."""
+    await state.rate_limiter.check("register", client_ip(request), data.email)
     check_password_rules(data.password)
     password_hash = await hash_password(data.password, state.settings.bcrypt_rounds)
     return await repo.create_user(state.pool, data.email, password_hash)
@@ -32,13 +40,17 @@ async def register(data: JSONBody[RegisterRequest], state: State) -> User:
     status_code=200,
     tags=["auth"],
     summary="Log in (OAuth2 password flow)",
-    responses=documented(400, 401, 403, 503),
+    responses=documented(400, 401, 403, 429, 503),
 )
 async def token(
     data: URLEncodedBody[TokenForm],
+    request: Request,
     state: State,
 ) -> Response[Token]:
-    """Form fields `username` (the email) and `password`; answers a bearer token."""
+    """Form fields `username` (the email) and `password`; answers a bearer token.
+    403 `user_disabled` comes only after the right password. Rate limited per client IP
+    and per email, counting every attempt (429 `rate_limited`, `Retry-After`)."""
+    await state.rate_limiter.check("login", client_ip(request), data.username)
     credentials = await repo.credentials_by_email(state.pool, data.username)
     if credentials is None:
         # Spend the same bcrypt time as for a real user: timing tells nothing.
@@ -63,3 +75,20 @@ def invalid_credentials() -> ExchangeError:
         401,
         headers={"WWW-Authenticate": "Bearer"},
     )
+
+
+@post(
+    "/auth/logout",
+    status_code=204,
+    tags=["auth"],
+    summary="Revoke the access token this request carries",
+    responses=documented(401, 503),
+)
+async def logout(request: Request[AuthUser, str, State], state: State) -> None:
+    """The token answers 401 everywhere from now until it expires; the user's other
+    tokens keep working. 503 if Redis is down: then nothing was revoked."""
+    await state.denylist.revoke(request.user.jti, request.user.exp)
+
+
+def client_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"

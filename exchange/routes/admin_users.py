@@ -1,0 +1,71 @@
+"""Admin user management: list users, disable and enable them (mounted under /admin).
+
+Disabling takes effect at once on every worker (exchange/denylist.py): the user's
+tokens answer 401 and logging in answers 403 user_disabled. An admin cannot disable
+their own account, so a deployment cannot lock out its last admin by a slip.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Request, get, post
+from litestar.datastructures import State
+from litestar.params import PathParameter, QueryParameter
+
+from exchange import repo
+from exchange.errors import ExchangeError, documented
+from exchange.schemas import ID_MAX, User, UserPage
+from exchange.security import AuthUser
+
+PAGE_SIZE_MAX = 100
+
+UserId = Annotated[int, PathParameter(ge=1, le=ID_MAX)]
+
+
+@get("/users", summary="Every user, newest first", responses=documented(400, 401, 403, 503))
+async def list_users(
+    state: State,
+    limit: Annotated[int, QueryParameter(ge=1, le=PAGE_SIZE_MAX, description="page size")] = 50,
+    before: Annotated[
+        int | None, QueryParameter(ge=1, le=ID_MAX, description="`next_before` of the previous page")
+    ] = None,
+) -> UserPage:
+    """Keyset pages of `{id, email, role, disabled, created_at}` (never a password hash)."""
+    page = await repo.users_page(state.pool, before, limit)
+    return UserPage(users=page, next_before=page[-1].id if len(page) == limit else None)
+
+
+@post(
+    "/users/{user_id:int}/disable",
+    status_code=200,
+    summary="Disable a user: their tokens stop working, they cannot log in",
+    responses=documented(400, 401, 403, 404, 409, 503),
+)
+async def disable_user(user_id: UserId, request: Request[AuthUser, str, State], state: State) -> User:
+    """Idempotent. 409 `cannot_disable_self` for the caller's own account."""
+    if user_id == request.user.id:
+        raise ExchangeError("cannot_disable_self", "an admin cannot disable their own account", 409)
+    return await _set_disabled(state, user_id, True)
+
+
+@post(
+    "/users/{user_id:int}/enable",
+    status_code=200,
+    summary="Enable a disabled user again",
+    responses=documented(400, 401, 403, 404, 503),
+)
+async def enable_user(user_id: UserId, state: State) -> User:
+    """Idempotent. Tokens issued before the user was disabled work again if unexpired."""
+    return await _set_disabled(state, user_id, False)
+
+
+async def _set_disabled(state: State, user_id: int, disabled: bool) -> User:
+    user = await repo.set_disabled(state.pool, user_id, disabled)
+    if user is None:
+        raise ExchangeError("not_found", "no such user", 404)
+    await state.denylist.set_disabled(user_id, disabled)
+    return user
+
+
+route_handlers = [list_users, disable_user, enable_user]
