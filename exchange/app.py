@@ -28,7 +28,7 @@ from exchange.prices.stream import PriceStream
 from exchange.ratelimit import RateLimiter, limits_from
 from exchange.routes import auth, health, orders, prices, transactions, users, wallets
 from exchange.routes.admin import admin_router
-from exchange.security import BearerAuthMiddleware, hash_password
+from exchange.security import BearerAuthMiddleware, VerifiedTokens, hash_password
 
 API_PREFIX = "/api/v1"
 REDIS_TIMEOUT_SECONDS = 2.0
@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             )
         )
         state.rate_limiter = RateLimiter(state.redis, settings.redis_prefix, limits_from(settings))
+        state.verified_tokens = VerifiedTokens(settings)
         state.denylist = Denylist(
             state.pool, state.redis, prefix=settings.redis_prefix, reload_ms=settings.auth_reload_ms
         )

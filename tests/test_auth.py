@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import secrets
@@ -140,3 +141,23 @@ async def test_token_carries_sub_role_exp_iat_jti(client: httpx.AsyncClient, set
     assert claims["sub"] == str(account.id) and claims["role"] == "user"
     assert claims["exp"] - claims["iat"] == settings.jwt_ttl_seconds
     assert len(claims["jti"]) == 32
+
+
+async def test_a_token_verified_once_stops_working_when_it_expires(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    # Each worker remembers the tokens it has verified (security.VerifiedTokens): a
+    # remembered token must still lapse at its own exp, and a forged twin must not pass.
+    account = await register_and_login(client)
+    now = int(time.time())
+    claims = {"sub": str(account.id), "role": "user", "iat": now, "jti": secrets.token_hex(16)}
+    short_lived = jwt.encode({**claims, "exp": now + 2}, settings.jwt_secret, algorithm="HS256")
+    forged = short_lived[:-4] + ("AAAA" if not short_lived.endswith("AAAA") else "BBBB")
+
+    assert (await _me(client, short_lived)).status_code == 200
+    assert (await _me(client, short_lived)).status_code == 200
+    assert (await _me(client, forged)).status_code == 401
+    await asyncio.sleep(max(0.0, now + 2.1 - time.time()))
+    answer = await _me(client, short_lived)
+    assert answer.status_code == 401
+    assert "expired" in answer.json()["error"]["message"]

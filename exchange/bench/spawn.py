@@ -127,6 +127,9 @@ async def spawn(
             REDIS_PREFIX=f"bench:{run}:",
             JWT_SECRET=secrets.token_hex(32),
             BCRYPT_ROUNDS=str(bcrypt_rounds),
+            # Every simulated user registers and logs in from this one address.
+            REGISTER_LIMIT_PER_IP="0",
+            LOGIN_LIMIT_PER_IP="0",
         )
         stand_in = [sys.executable, "-m", "exchange", "fake-binance", "--port", str(binance_port)]
         server = [
