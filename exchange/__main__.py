@@ -16,6 +16,8 @@ from exchange.config import Settings, settings_from_env
 from exchange.db import connect, migrate
 from exchange.errors import ExchangeError
 from exchange.fake_binance import create_fake_binance, serve_in_thread
+from exchange.logs import configure_logging, log_format_from_env, logging_config
+from exchange.metrics_dir import metrics_directory
 from exchange.security import check_password_rules, hash_password
 from exchange.sockets import listening_socket
 
@@ -52,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     fake.add_argument("--seed", type=int, default=1, help="random-walk seed: same seed, same prices")
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "serve":
+        # Before the settings are read: their check may warn already.
+        configure_logging("info", log_format_from_env())
+    else:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = settings_from_env()
     if args.command == "serve":
         if args.fake_binance:
@@ -82,17 +88,22 @@ def serve_command(settings: Settings, host: str | None, port: int | None, worker
         logging.getLogger("exchange").info(
             "offline mode: prices come from the local Binance stand-in at %s", os.environ["BINANCE_URL"]
         )
-    uvicorn.run(
-        "exchange.app:create_app",
-        factory=True,
-        host=host or settings.host,
-        port=settings.port if port is None else port,
-        workers=workers or settings.workers or os.cpu_count() or 1,
-        # uvloop and httptools (installed with the package) where the platform has them.
-        loop="auto",
-        http="auto",
-        log_level=settings.log_level,
-    )
+    # The workers inherit PROMETHEUS_MULTIPROC_DIR: /metrics adds up all of them.
+    with metrics_directory():
+        uvicorn.run(
+            "exchange.app:create_app",
+            factory=True,
+            host=host or settings.host,
+            port=settings.port if port is None else port,
+            workers=workers or settings.workers or os.cpu_count() or 1,
+            # uvloop and httptools (installed with the package) where the platform has them.
+            loop="auto",
+            http="auto",
+            log_level=settings.log_level,
+            log_config=logging_config(settings.log_level, settings.log_format),
+            # exchange.access logs every request instead (exchange/observability.py).
+            access_log=False,
+        )
     return 0
 
 

@@ -17,6 +17,7 @@ from litestar.params import JSONBody
 
 from exchange import repo
 from exchange.errors import documented
+from exchange.metrics import note_movement
 from exchange.prices.binance import PriceUnavailable
 from exchange.prices.cache import PriceCache
 from exchange.routes.wallets import IdempotencyKey
@@ -54,6 +55,7 @@ async def place_order(
     request: Request[AuthUser, str, State],
     state: State,
 ) -> Response[OrderResult]:
+    note_movement(request, data.side)
     guard = data.price_guard()
     quantity, quote_quantity = data.checked_quantities()
     symbol = data.symbol.upper()
