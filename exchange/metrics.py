@@ -37,6 +37,9 @@ MOVEMENT_SCOPE_KEY = "exchange.movement"
 CHILD_CACHE_MAX = 2_048
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED_ROUTE = "unmatched"
+# prometheus_client chose its mode (files in this directory, or memory) when imported,
+# just above: /metrics reads where the metrics were written.
+MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 # What generate_latest writes (and Prometheus reads from any version).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -132,11 +135,10 @@ class _Scrape:
         self._prices = prices
 
     def collect(self) -> Iterator[Metric]:
-        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-        if directory:
-            forget_dead_workers(directory)
+        if MULTIPROCESS_DIR:
+            forget_dead_workers(MULTIPROCESS_DIR)
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry, path=directory)
+            multiprocess.MultiProcessCollector(registry, path=MULTIPROCESS_DIR)
             yield from registry.collect()
         else:
             yield from REGISTRY.collect()
@@ -167,9 +169,8 @@ def _alive(pid: int) -> bool:
 
 def worker_stopped() -> None:
     """A worker that stops cleanly takes its live gauges out at once."""
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if directory:
-        multiprocess.mark_process_dead(os.getpid(), directory)
+    if MULTIPROCESS_DIR:
+        multiprocess.mark_process_dead(os.getpid(), MULTIPROCESS_DIR)
 
 
 def render(prices: GaugeMetricFamily) -> bytes:
