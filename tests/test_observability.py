@@ -24,6 +24,7 @@ import msgspec
 import pytest
 from conftest import TEST_PASSWORD, Account, key, move, running_server
 from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.client import connect
 
 from exchange.config import Settings
 from exchange.logs import REQUEST_ID, JsonFormatter
@@ -149,6 +150,17 @@ async def test_an_error_is_logged_with_its_status_and_code_and_nothing_secret(
     everything = "\n".join(msgspec.json.encode(line).decode() for line in log_lines())
     for secret in (TEST_PASSWORD, token, "not-a-token", '"amount"'):
         assert secret not in everything
+
+
+async def test_a_websocket_session_writes_one_line_when_it_ends(base_url: str, log_lines: LogLines) -> None:
+    url = f"{base_url.replace('http', 'ws', 1)}/api/v1/ws/prices?symbols=BTCUSDT"
+    async with connect(url, additional_headers={"X-Request-ID": "ws-session-1"}) as ws:
+        assert ws.response.headers["x-request-id"] == "ws-session-1"
+        assert msgspec.json.decode(await ws.recv())["symbol"] == "BTCUSDT"
+        assert await access_lines(log_lines, "ws-session-1") == []  # not before it ends
+    [line] = await access_lines(log_lines, "ws-session-1")
+    assert (line["status"], line["websocket"], line["route"]) == (101, True, "/api/v1/ws/prices")
+    assert line["path"] == "/api/v1/ws/prices" and line["duration_ms"] > 0
 
 
 def test_every_record_written_during_a_request_carries_its_id() -> None:
