@@ -18,6 +18,8 @@ from exchange.config import Settings, settings_from_env
 from exchange.db import connect, migrate
 from exchange.errors import ExchangeError
 from exchange.fake_binance import create_fake_binance, serve_in_thread
+from exchange.logs import configure_logging, log_format_from_env
+from exchange.metrics_dir import metrics_directory
 from exchange.security import check_password_rules, hash_password
 from exchange.serving import run_uvicorn
 from exchange.sockets import listening_socket
@@ -60,7 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     add_bench_arguments(bench)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "serve":
+        # Before the settings are read: their check may warn already.
+        configure_logging("info", log_format_from_env())
+    else:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = settings_from_env()
     if args.command == "serve":
         if args.fake_binance:
@@ -90,13 +96,16 @@ def serve_command(settings: Settings, host: str | None, port: int | None, worker
         logging.getLogger("exchange").info(
             "offline mode: prices come from the local Binance stand-in at %s", os.environ["BINANCE_URL"]
         )
-    run_uvicorn(
-        "exchange.app:create_app",
-        host or settings.host,
-        settings.port if port is None else port,
-        workers or settings.workers or os.cpu_count() or 1,
-        settings.log_level,
-    )
+    # The workers inherit PROMETHEUS_MULTIPROC_DIR: /metrics adds up all of them.
+    with metrics_directory():
+        run_uvicorn(
+            "exchange.app:create_app",
+            host or settings.host,
+            settings.port if port is None else port,
+            workers or settings.workers or os.cpu_count() or 1,
+            settings.log_level,
+            settings.log_format,
+        )
     return 0
 
 

@@ -20,7 +20,10 @@ from exchange.config import Settings, settings_from_env
 from exchange.db import create_pool
 from exchange.denylist import Denylist
 from exchange.errors import exception_handlers
+from exchange.logs import configure_logging
+from exchange.metrics import metrics_endpoint, worker_stopped
 from exchange.money import Money
+from exchange.observability import observe
 from exchange.prices.binance import BinanceClient, create_http_client
 from exchange.prices.cache import PriceCache
 from exchange.prices.feed import PriceFeed
@@ -36,7 +39,8 @@ REDIS_TIMEOUT_SECONDS = 2.0
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or settings_from_env()
-    logging.basicConfig(level=settings.log_level.upper())
+    if not logging.getLogger().handlers:  # `exchange serve` has configured logging already
+        configure_logging(settings.log_level, settings.log_format)
     # httpx logs every request at INFO: one line per price poll is noise.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
@@ -87,6 +91,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await state.http.aclose()
             await state.redis.aclose()
             await state.pool.close()
+            worker_stopped()
 
     public = Router(
         path=API_PREFIX,
@@ -109,15 +114,18 @@ def create_app(settings: Settings | None = None) -> Litestar:
         middleware=[DefineMiddleware(BearerAuthMiddleware)],
         security=[{"OAuth2PasswordBearer": []}],
     )
-    return Litestar(
-        route_handlers=[health.health, health.ready, public, private],
+    app = Litestar(
+        route_handlers=[health.health, health.ready, metrics_endpoint, public, private],
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),
         request_max_body_size=settings.max_body_bytes,
         openapi_config=_openapi_config(),
         type_encoders={Money: str},
+        # Litestar's default would put its own handler and format on the root logger.
+        logging_config=None,
         debug=False,
     )
+    return observe(app)  # request ids, the per-request log line and metrics
 
 
 def price_cache(

@@ -81,6 +81,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Request bodies above this many bytes are refused with 413.
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=10_000_000)] = 65_536
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # json: one JSON object per line (exchange/logs.py); text: for reading in a terminal.
+    log_format: Literal["json", "text"] = "json"
+    # If set, GET /metrics asks for `Authorization: Bearer <METRICS_TOKEN>`.
+    metrics_token: Annotated[str, msgspec.Meta(max_length=256)] = ""
 
 
 def settings_from_env(environ: dict[str, str] | None = None, **overrides: object) -> Settings:

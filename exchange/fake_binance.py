@@ -382,6 +382,7 @@ def create_fake_binance(seed: int = 1) -> Litestar:
             HTTPException: _validation_error,
         },
         openapi_config=None,
+        logging_config=None,  # the process's logging is configured once, by its command
         debug=False,
     )
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import uvicorn
 
+from exchange.logs import logging_config
 
-def run_uvicorn(factory: str, host: str, port: int, workers: int, log_level: str) -> None:
+
+def run_uvicorn(factory: str, host: str, port: int, workers: int, log_level: str, log_format: str) -> None:
     """`exchange bench --ceiling` serves its bare endpoint through this too, so the two
     are served alike."""
     uvicorn.run(
@@ -18,4 +20,7 @@ def run_uvicorn(factory: str, host: str, port: int, workers: int, log_level: str
         loop="auto",
         http="auto",
         log_level=log_level,
+        log_config=logging_config(log_level, log_format),
+        # exchange.access logs every request instead (exchange/observability.py).
+        access_log=False,
     )

@@ -47,5 +47,12 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
-    log_level = settings_from_env().log_level  # as `exchange serve` would use
-    run_uvicorn("exchange.bench.bare:create_app", args.host, args.port, args.workers, log_level)
+    settings = settings_from_env()  # logging as `exchange serve` would set it up
+    run_uvicorn(
+        "exchange.bench.bare:create_app",
+        args.host,
+        args.port,
+        args.workers,
+        settings.log_level,
+        settings.log_format,
+    )

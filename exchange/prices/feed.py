@@ -21,6 +21,7 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from exchange.metrics import FEED_LEADER
 from exchange.prices.background import Loops
 from exchange.prices.binance import PriceUnavailable, Quote
 from exchange.prices.cache import RELEASE_IF_HOLDER, PriceCache
@@ -68,10 +69,20 @@ class PriceFeed:
         self._acquire = redis.register_script(_ACQUIRE_OR_RENEW)
         self._release = redis.register_script(RELEASE_IF_HOLDER)
         self.worker_id = secrets.token_hex(8)
-        self.is_leader = False
+        self._is_leader = False
         self.polls = 0
         self._published: dict[str, Decimal] = {}
         self._loops = Loops()
+
+    @property
+    def is_leader(self) -> bool:
+        return self._is_leader
+
+    @is_leader.setter
+    def is_leader(self, value: bool) -> None:
+        if value != self._is_leader:
+            FEED_LEADER.inc(1 if value else -1)
+        self._is_leader = value
 
     def start(self) -> None:
         self._loops.start(self._keep_lease(), "price-feed-lease")

@@ -19,6 +19,7 @@ from litestar.params import JSONBody
 
 from exchange import repo
 from exchange.errors import documented
+from exchange.metrics import note_movement
 from exchange.prices.binance import PriceUnavailable, Quote
 from exchange.prices.cache import PriceCache, as_price
 from exchange.routes.wallets import IdempotencyKey
@@ -67,6 +68,7 @@ async def place_order(
     request: Request[AuthUser, str, State],
     state: State,
 ) -> Response[OrderResult]:
+    note_movement(request, data.side)
     guard = data.price_guard()
     quantity, quote_quantity = data.checked_quantities()
     symbol = data.symbol.upper()

@@ -13,6 +13,7 @@ from litestar.params import FromPath, HeaderParameter, JSONBody
 
 from exchange import repo
 from exchange.errors import ExchangeError, documented
+from exchange.metrics import note_movement
 from exchange.schemas import ASSET_PATTERN, IDEMPOTENCY_KEY_PATTERN, AmountRequest, Transaction, Wallet
 from exchange.security import AuthUser
 
@@ -79,6 +80,7 @@ async def deposit(
     request: Request[AuthUser, str, State],
     state: State,
 ) -> Response[Transaction]:
+    note_movement(request, "deposit")
     return await _move(repo.deposit, asset, data, idempotency_key, request, state)
 
 
@@ -95,6 +97,7 @@ async def withdraw(
     request: Request[AuthUser, str, State],
     state: State,
 ) -> Response[Transaction]:
+    note_movement(request, "withdraw")
     return await _move(repo.withdraw, asset, data, idempotency_key, request, state)
 
 
