@@ -1,0 +1,396 @@
+"""Faults survived, nothing lost: Redis down, Binance failing, PostgreSQL restarted and
+the server killed in the middle of a storm of money movements.
+
+Every fault hits a server of the test's own (tests/private_servers.py), never the shared
+ones. After each storm the ledger is checked against what the clients were told: every
+movement answered 201 is there exactly once, nothing else is, every balance is what the
+answers add up to, and the audit is clean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from conftest import Account, FakeBinanceControl, fake_binance_server, key, register_and_login
+from private_servers import free_port, private_postgres, wait_until
+from test_trading import wallet_deltas
+
+from exchange import repo
+from exchange.db import SCHEMA
+
+# A request that takes longer than this has hung: the test fails.
+REQUEST_TIMEOUT_SECONDS = 15.0
+PRICES = {"BTCUSDT": "50000.00", "ETHUSDT": "2500.00"}
+STORM_USERS = 6
+STORM_CLIENTS = 4  # httpx clients, each with its own connection pool
+STORM_TASKS_PER_CLIENT = 3
+
+
+# ---------------------------------------------------------------------------------------
+# The server as an operator runs it: `exchange serve`, in a process the test can kill.
+
+
+class ServerProcess:
+    """`python -m exchange serve` (uvicorn, uvloop) in its own process group."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, workers: int = 2) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._env = env
+        self._log_path = log_path
+        self._workers = workers
+        self._process: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        with self._log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "exchange",
+                    "serve",
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    str(self._workers),
+                ],
+                env=self._env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: a kill reaches every worker
+            )
+        async with httpx.AsyncClient(base_url=self.url, timeout=2) as http:
+
+            async def ready() -> bool:
+                assert self._process is not None and self._process.poll() is None, self.log()
+                return (await http.get("/ready")).status_code == 200
+
+            await wait_until(ready, "the server answering /ready with 200")
+
+    def kill(self) -> None:
+        """SIGKILL to the server and its workers: nothing gets to finish or clean up."""
+        if self._process is not None:
+            try:
+                os.killpg(self._process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._process.wait(timeout=10)
+            self._process = None
+
+    def log(self) -> str:
+        return self._log_path.read_text(errors="replace") if self._log_path.exists() else ""
+
+
+@asynccontextmanager
+async def server_process(env: dict[str, str], tmp_path: Path) -> AsyncIterator[ServerProcess]:
+    server = ServerProcess(env, tmp_path / "server.log")
+    try:
+        await server.start()
+        yield server
+    finally:
+        server.kill()
+
+
+def server_env(database_url: str, redis_url: str, binance_url: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "REDIS_PREFIX": f"test:{secrets.token_hex(4)}:",
+        "BINANCE_URL": binance_url,
+        "JWT_SECRET": secrets.token_urlsafe(32),
+        "BCRYPT_ROUNDS": "4",
+        "LOG_LEVEL": "warning",
+        "PRICE_CACHE_TTL_MS": "60000",
+        "PRICE_STALE_MAX_MS": "120000",
+        "TRADE_PRICE_MAX_AGE_MS": "60000",
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# A storm: several httpx clients moving money for a few users, each request with its
+# own idempotency key, every answer (or the lack of one) written down.
+
+
+@dataclass
+class Attempt:
+    account: Account
+    path: str
+    body: dict[str, str]
+    idempotency_key: str
+    status: int | None = None  # None: no answer (the connection broke)
+    content: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    failure: str = ""
+
+    @property
+    def code(self) -> str | None:
+        if self.status is None or self.status < 400:
+            return None
+        return msgspec_error_code(self.content)
+
+    def transaction(self) -> dict[str, Any]:
+        """The movement a 201 answered (an order's trade)."""
+        body = httpx.Response(201, content=self.content).json()
+        return body["trade"] if "trade" in body else body
+
+
+def msgspec_error_code(content: bytes) -> str:
+    return httpx.Response(500, content=content).json()["error"]["code"]
+
+
+OPERATIONS = [
+    ("/api/v1/wallets/USDT/deposit", {"amount": "25"}),
+    ("/api/v1/wallets/USDT/withdraw", {"amount": "30"}),
+    ("/api/v1/wallets/BTC/deposit", {"amount": "0.0004"}),
+    ("/api/v1/wallets/BTC/withdraw", {"amount": "0.0005"}),
+    ("/api/v1/orders", {"symbol": "BTCUSDT", "side": "buy", "quote_quantity": "20"}),
+    ("/api/v1/orders", {"symbol": "BTCUSDT", "side": "sell", "quantity": "0.0003"}),
+    ("/api/v1/orders", {"symbol": "ETHUSDT", "side": "buy", "quantity": "0.004"}),
+]
+
+
+async def send(http: httpx.AsyncClient, attempt: Attempt) -> Attempt:
+    """Send the attempt's request (again, if it was sent before) and record the answer."""
+    headers = {**attempt.account.headers, "Idempotency-Key": attempt.idempotency_key}
+    started = time.monotonic()
+    try:
+        answer = await http.post(attempt.path, json=attempt.body, headers=headers)
+    except httpx.TransportError as exc:
+        attempt.status, attempt.content, attempt.failure = None, b"", type(exc).__name__
+    else:
+        attempt.status, attempt.content = answer.status_code, answer.content
+        attempt.headers = dict(answer.headers)
+    attempt.seconds = time.monotonic() - started
+    return attempt
+
+
+class Storm:
+    def __init__(self, url: str, accounts: list[Account], seed: int) -> None:
+        self.url = url
+        self.accounts = accounts
+        self.attempts: list[Attempt] = []
+        self._rng = random.Random(seed)
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stack = AsyncExitStack()
+
+    async def __aenter__(self) -> Storm:
+        for _ in range(STORM_CLIENTS):
+            http = await self._stack.enter_async_context(
+                httpx.AsyncClient(base_url=self.url, timeout=REQUEST_TIMEOUT_SECONDS)
+            )
+            self._tasks += [asyncio.create_task(self._run(http)) for _ in range(STORM_TASKS_PER_CLIENT)]
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+        await self._stack.aclose()
+
+    async def _run(self, http: httpx.AsyncClient) -> None:
+        while not self._stop.is_set():
+            path, body = self._rng.choice(OPERATIONS)
+            attempt = Attempt(self._rng.choice(self.accounts), path, body, key())
+            self.attempts.append(attempt)
+            await send(http, attempt)
+            if attempt.status in (None, 503):
+                await asyncio.sleep(0.05)  # as a client would, briefly: no busy loop
+
+    def answered(self, status: int) -> list[Attempt]:
+        return [a for a in self.attempts if a.status == status]
+
+
+async def storm_accounts(url: str) -> list[Attempt]:
+    """STORM_USERS users, each funded with 1000 USDT and 0.01 BTC; the funding attempts."""
+    funding: list[Attempt] = []
+    async with httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_SECONDS) as http:
+        for _ in range(STORM_USERS):
+            account = await register_and_login(http)
+            for asset, amount in (("USDT", "1000"), ("BTC", "0.01")):
+                attempt = await send(
+                    http, Attempt(account, f"/api/v1/wallets/{asset}/deposit", {"amount": amount}, key())
+                )
+                assert attempt.status == 201, attempt.content
+                funding.append(attempt)
+    return funding
+
+
+def assert_no_server_error(attempts: list[Attempt], *, answered: bool) -> None:
+    """201, 409 insufficient_funds or a 503 with Retry-After: never a 500 or a hang."""
+    for attempt in attempts:
+        assert attempt.seconds < REQUEST_TIMEOUT_SECONDS - 1, attempt
+        if attempt.status is None:
+            assert not answered, f"no answer from a live server: {attempt.failure}"
+            continue
+        assert attempt.status in (201, 409, 503), (attempt.status, attempt.content)
+        if attempt.status == 409:
+            assert attempt.code == "insufficient_funds", attempt.content
+        if attempt.status == 503:
+            assert attempt.code in ("service_unavailable", "price_unavailable"), attempt.content
+            assert int(attempt.headers["retry-after"]) >= 1
+
+
+async def retry(url: str, attempts: list[Attempt], ledger: dict[tuple[int, str], int]) -> None:
+    """Send each attempt again with its own key, as a client that wants to know its outcome.
+
+    An attempt answered 201 gets its first answer again, byte for byte, marked replayed.
+    One that got a 503 or no answer may have committed (the answer was lost after the
+    COMMIT) or not: the ledger (read before the retries) says which, and the retry must
+    agree with it, replaying the movement or applying it now, once.
+    """
+    limit = asyncio.Semaphore(8)
+
+    async def one(http: httpx.AsyncClient, attempt: Attempt) -> None:
+        first_status, first_content = attempt.status, attempt.content
+        committed = ledger.get((attempt.account.id, attempt.idempotency_key))
+        async with limit:
+            await send(http, attempt)
+        assert attempt.status in (201, 409), (attempt.status, attempt.content)
+        if committed is not None:
+            assert attempt.status == 201 and attempt.headers.get("idempotency-replayed") == "true"
+            assert attempt.transaction()["id"] == committed
+            if first_status == 201:
+                assert attempt.content == first_content
+        else:
+            assert first_status != 201, "a movement answered 201 is missing from the ledger"
+            assert "idempotency-replayed" not in attempt.headers, attempt
+
+    async with httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_SECONDS) as http:
+        await asyncio.gather(*(one(http, attempt) for attempt in attempts))
+
+
+async def ledger_by_key(database_url: str, accounts: list[Account]) -> dict[tuple[int, str], int]:
+    """(user id, idempotency key) -> transaction id, for every movement of these users."""
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": SCHEMA})
+    try:
+        rows = await conn.fetch(
+            "SELECT id, user_id, idempotency_key FROM transactions WHERE user_id = ANY($1::bigint[])",
+            [a.id for a in accounts],
+        )
+    finally:
+        await conn.close()
+    found = {(row["user_id"], row["idempotency_key"]): row["id"] for row in rows}
+    assert len(found) == len(rows)  # one transaction per key, never two
+    return found
+
+
+async def assert_books_match_the_answers(database_url: str, attempts: list[Attempt]) -> None:
+    """Every 201 in the ledger once, nothing else, balances as answered, audit clean."""
+    accounts = list({a.account.id: a.account for a in attempts}.values())
+    ledger = await ledger_by_key(database_url, accounts)
+    succeeded = {(a.account.id, a.idempotency_key): a for a in attempts if a.status == 201}
+    assert set(ledger) == set(succeeded), "the ledger and the 201 answers disagree"
+    expected: dict[tuple[int, str], Decimal] = defaultdict(Decimal)
+    for (user_id, _), attempt in succeeded.items():
+        transaction = attempt.transaction()
+        assert ledger[(user_id, attempt.idempotency_key)] == transaction["id"]
+        for asset, delta in wallet_deltas(transaction).items():
+            expected[(user_id, asset)] += delta
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": SCHEMA})
+    try:
+        rows = await conn.fetch(
+            "SELECT user_id, asset, balance FROM accounts WHERE user_id = ANY($1::bigint[])",
+            [a.id for a in accounts],
+        )
+        assert {(r["user_id"], r["asset"]): r["balance"] for r in rows if r["balance"]} == {
+            k: v for k, v in expected.items() if v
+        }
+        assert await repo.audit(conn) == []
+    finally:
+        await conn.close()
+
+
+@asynccontextmanager
+async def frozen_binance() -> AsyncIterator[FakeBinanceControl]:
+    async with fake_binance_server() as fake:
+        await fake.set_prices(PRICES, frozen=True)
+        yield fake
+
+
+# ---------------------------------------------------------------------------------------
+# PostgreSQL restarted during a storm.
+
+
+async def test_postgres_restarts_mid_storm_answer_503_then_recover_and_lose_nothing(
+    service_urls: tuple[str, str], tmp_path: Path
+) -> None:
+    async with (
+        private_postgres() as postgres,
+        frozen_binance() as fake,
+        server_process(server_env(postgres.url, service_urls[1], fake.url), tmp_path) as server,
+    ):
+        funding = await storm_accounts(server.url)
+        accounts = [a.account for a in funding[::2]]
+        async with Storm(server.url, accounts, seed=7) as storm:
+            await asyncio.sleep(0.8)
+            await postgres.restart("fast")  # every session ends, the server comes back
+            await asyncio.sleep(0.8)
+            await postgres.restart("immediate")  # as a crash: no checkpoint, WAL replayed
+            await asyncio.sleep(0.8)
+            await postgres.stop()  # down for a second: new connections are refused
+            await asyncio.sleep(1.0)
+            await postgres.start()
+            await asyncio.sleep(0.8)
+
+        assert_no_server_error(storm.attempts, answered=True)
+        assert storm.answered(503), "the restarts were not felt: the test proves nothing"
+        # The pools reconnect on their own: every request succeeds again, first time.
+        after = await storm_accounts(server.url)
+        uncertain = [a for a in storm.attempts if a.status == 503]
+        await retry(server.url, uncertain, await ledger_by_key(postgres.url, accounts))
+        await assert_books_match_the_answers(postgres.url, funding + storm.attempts + after)
+
+
+# ---------------------------------------------------------------------------------------
+# The server killed (SIGKILL) during a storm.
+
+
+async def test_a_server_killed_mid_storm_keeps_every_acknowledged_movement_and_replays_it(
+    service_urls: tuple[str, str], tmp_path: Path
+) -> None:
+    async with (
+        private_postgres() as postgres,
+        frozen_binance() as fake,
+        server_process(server_env(postgres.url, service_urls[1], fake.url), tmp_path) as server,
+    ):
+        funding = await storm_accounts(server.url)
+        accounts = [a.account for a in funding[::2]]
+        async with Storm(server.url, accounts, seed=11) as storm:
+            await asyncio.sleep(1.5)
+            server.kill()  # requests in flight lose their answers, committed or not
+            await server.start()  # same port, same database: nothing else to do
+            await asyncio.sleep(1.0)
+
+        assert_no_server_error(storm.attempts, answered=False)
+        assert [a for a in storm.attempts if a.status is None], (
+            "the kill was not felt: the test proves nothing"
+        )
+        # Every client retries every request with its key, answered or not.
+        await retry(server.url, storm.attempts, await ledger_by_key(postgres.url, accounts))
+        await assert_books_match_the_answers(postgres.url, funding + storm.attempts)
+        audit = subprocess.run(
+            [sys.executable, "-m", "exchange", "audit"],
+            env={**os.environ, "DATABASE_URL": postgres.url},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert (audit.returncode, audit.stdout.strip()) == (0, "audit: 0 violation(s)"), audit.stderr
