@@ -27,11 +27,26 @@ from typing import Any
 
 import asyncpg
 import httpx
-from conftest import Account, FakeBinanceControl, fake_binance_server, key, register_and_login
-from private_servers import free_port, private_postgres, wait_until
+import msgspec
+import redis.asyncio as aioredis
+from conftest import (
+    TEST_PASSWORD,
+    Account,
+    FakeBinanceControl,
+    fake_binance_server,
+    key,
+    login,
+    move,
+    register_and_login,
+    serving,
+)
+from private_servers import free_port, private_postgres, private_redis, wait_until
 from test_trading import wallet_deltas
+from websockets.asyncio.client import ClientConnection, connect
 
 from exchange import repo
+from exchange.app import create_app
+from exchange.config import Settings
 from exchange.db import SCHEMA
 
 # A request that takes longer than this has hung: the test fails.
@@ -323,6 +338,126 @@ async def frozen_binance() -> AsyncIterator[FakeBinanceControl]:
     async with fake_binance_server() as fake:
         await fake.set_prices(PRICES, frozen=True)
         yield fake
+
+
+# ---------------------------------------------------------------------------------------
+# Redis down, then back.
+
+PATH_VALUES = {"asset": "USDT", "symbol": "BTCUSDT"}
+
+
+async def get_routes(http: httpx.AsyncClient, ids: dict[str, int]) -> list[str]:
+    """Every GET route of the OpenAPI document, path parameters filled in."""
+    schema = (await http.get("/schema/openapi.json")).json()
+    paths = []
+    for path, operations in schema["paths"].items():
+        if "get" in operations:
+            for name, value in {**PATH_VALUES, **ids}.items():
+                path = path.replace(f"{{{name}}}", str(value))
+            assert "{" not in path, f"no value for a parameter of {path}: add one to PATH_VALUES"
+            paths.append(path)
+    return paths
+
+
+def code_of(answer: httpx.Response) -> str:
+    return answer.json()["error"]["code"]
+
+
+async def test_redis_down_money_moves_prices_fall_back_nothing_fails_and_pushes_resume(
+    settings: Settings, db: asyncpg.Pool
+) -> None:
+    async with private_redis() as redis_server, frozen_binance() as fake:
+        configured = msgspec.structs.replace(
+            settings,
+            redis_url=redis_server.url,
+            binance_url=fake.url,
+            price_poll_ms=100,
+            price_cache_ttl_ms=200,
+            price_stale_max_ms=60_000,
+            trade_price_max_age_ms=1_000,
+            binance_timeout_ms=300,
+            binance_max_attempts=1,
+        )
+        app = create_app(configured)
+        async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
+            ws_url = url.replace("http://", "ws://") + "/api/v1/ws/prices?symbols=BTCUSDT"
+            alice = await register_and_login(http)
+            assert (await move(http, alice, "deposit", "500")).status_code == 201
+            boss = await register_and_login(http)
+            await repo.set_role(db, boss.email, "admin")
+            boss.headers = await login(http, boss.email)
+            async with connect(ws_url) as before_outage:
+                assert (await receive(before_outage))["price"] == "50000.00000000"
+                # Several pooled Redis connections, all dead once Redis goes away.
+                before = await asyncio.gather(*(http.get("/ready") for _ in range(10)))
+                assert {answer.status_code for answer in before} == {200}
+                await redis_server.stop()
+
+                ready = await http.get("/ready")
+                assert ready.status_code == 503, ready.text
+                assert ready.json()["postgres"] == "ok" and ready.json()["redis"].startswith("down")
+                # Money moves: nothing on that path needs Redis.
+                deposit = await move(http, boss, "deposit", "10")
+                assert deposit.status_code == 201, deposit.text
+                assert (await move(http, boss, "withdraw", "5")).status_code == 201
+                # Every read answers; prices come from this worker's copy or from Binance.
+                ids = {"transaction_id": deposit.json()["id"]}
+                for path in await get_routes(http, ids):
+                    answer = await http.get(path, headers=boss.headers)
+                    if path == "/ready":
+                        continue
+                    if "/prices" in path and answer.status_code == 503:
+                        assert code_of(answer) == "price_unavailable", answer.text
+                    else:
+                        assert answer.status_code == 200, (path, answer.text)
+                # Registering and logging in may be refused while Redis cannot count
+                # attempts (rate limits), but never with a 500.
+                email = f"redis-down-{secrets.token_hex(4)}@example.com"
+                for answer in (
+                    await http.post(
+                        "/api/v1/auth/register", json={"email": email, "password": TEST_PASSWORD}
+                    ),
+                    await http.post(
+                        "/api/v1/auth/token", data={"username": email, "password": TEST_PASSWORD}
+                    ),
+                ):
+                    assert answer.status_code in (200, 201) or code_of(answer) == "service_unavailable"
+                # Orders trade on a price straight from Binance...
+                order = {"symbol": "BTCUSDT", "side": "buy", "quote_quantity": "20"}
+                headers = {**alice.headers, "Idempotency-Key": key()}
+                filled = await http.post("/api/v1/orders", json=order, headers=headers)
+                assert filled.status_code == 201, filled.text
+                # ...and without Binance either, refuse with price_unavailable.
+                await fake.fail("error")
+                await asyncio.sleep(1.2)  # older than TRADE_PRICE_MAX_AGE_MS
+                headers = {**alice.headers, "Idempotency-Key": key()}
+                refused = await http.post("/api/v1/orders", json=order, headers=headers)
+                assert (refused.status_code, code_of(refused)) == (503, "price_unavailable")
+                await fake.heal()
+                # A new WebSocket client gets this worker's last price.
+                async with connect(ws_url) as during_outage:
+                    assert (await receive(during_outage))["symbol"] == "BTCUSDT"
+
+                await redis_server.start()  # empty: nothing was persisted
+                # The first requests after it came back find it, on dead connections too.
+                again = await asyncio.gather(*(http.get("/ready") for _ in range(10)))
+                assert {answer.status_code for answer in again} == {200}, [a.text for a in again]
+                # The feed takes the lease again and pushes reach the client connected
+                # before the outage, without a restart.
+                await fake.set_prices({"BTCUSDT": "51234.50"})
+                deadline = time.monotonic() + 10
+                while (await receive(before_outage, 10))["price"] != "51234.50000000":
+                    assert time.monotonic() < deadline, "no push after Redis came back"
+                assert app.state.price_feed.is_leader
+                cached = aioredis.from_url(redis_server.url)
+                try:
+                    assert await cached.get(f"{configured.redis_prefix}price:BTCUSDT")
+                finally:
+                    await cached.aclose()
+
+
+async def receive(ws: ClientConnection, timeout: float = 5) -> dict[str, Any]:
+    return msgspec.json.decode(await asyncio.wait_for(ws.recv(), timeout))
 
 
 # ---------------------------------------------------------------------------------------
