@@ -41,7 +41,7 @@ from conftest import (
     serving,
 )
 from private_servers import free_port, private_postgres, private_redis, wait_until
-from test_trading import wallet_deltas
+from test_trading import error_of, exchange_server, wallet_deltas
 from websockets.asyncio.client import ClientConnection, connect
 
 from exchange import repo
@@ -458,6 +458,92 @@ async def test_redis_down_money_moves_prices_fall_back_nothing_fails_and_pushes_
 
 async def receive(ws: ClientConnection, timeout: float = 5) -> dict[str, Any]:
     return msgspec.json.decode(await asyncio.wait_for(ws.recv(), timeout))
+
+
+# ---------------------------------------------------------------------------------------
+# Binance failing or slow: orders refuse with price_unavailable, and never fill on a
+# price older than TRADE_PRICE_MAX_AGE_MS. (test_trading.py covers a cold cache, a
+# stale price and a wait for a wallet lock.)
+
+
+async def assert_no_fill_on_an_old_price(db: asyncpg.Pool, accounts: list[Account], max_age_ms: int) -> int:
+    """Every trade of these users used a price at most max_age_ms old when it began."""
+    rows = await db.fetch(
+        "SELECT id, created_at - price_at AS price_age FROM transactions"
+        " WHERE user_id = ANY($1::bigint[]) AND kind IN ('buy', 'sell')",
+        [a.id for a in accounts],
+    )
+    for row in rows:
+        assert row["price_age"].total_seconds() * 1000 <= max_age_ms, dict(row)
+    return len(rows)
+
+
+async def test_an_order_that_waits_for_a_database_connection_past_the_price_age_is_refused(
+    settings: Settings, db: asyncpg.Pool
+) -> None:
+    limits = {"price_cache_ttl_ms": 100, "trade_price_max_age_ms": 300}
+    async with exchange_server(settings, db_pool_min_size=1, db_pool_max_size=1, **limits) as server:
+        nina = await server.user(usdt="100")
+        async with server.app.state.pool.acquire():
+            # Every connection is busy (a burst, or PostgreSQL coming back) for longer
+            # than the price may be used: the order has its price, then waits.
+            waiting = asyncio.create_task(
+                server.order(nina, symbol="BTCUSDT", side="buy", quote_quantity="10")
+            )
+            await asyncio.sleep(0.6)
+        answer = await waiting
+
+        assert error_of(answer) == (503, "price_unavailable"), answer.text
+        assert answer.json()["error"]["details"]["reason"] == "expired_while_waiting"
+        again = await server.order(nina, symbol="BTCUSDT", side="buy", quote_quantity="10")
+        assert again.status_code == 201, again.text
+        assert await assert_no_fill_on_an_old_price(db, [nina], 300) == 1
+
+
+# Binance's faults in turn, each for a while, with healthy spells between them.
+BINANCE_FAULTS = [("error", 0), None, ("slow", 700), None, ("malformed", 0), None, ("rate_limit", 0), None]
+
+
+async def test_orders_while_binance_fails_or_stalls_refuse_or_fill_on_a_young_price(
+    settings: Settings, db: asyncpg.Pool
+) -> None:
+    max_age_ms = 400
+    limits = {
+        "price_poll_ms": 100,
+        "price_cache_ttl_ms": 150,
+        "price_stale_max_ms": 60_000,
+        "trade_price_max_age_ms": max_age_ms,
+        "binance_timeout_ms": 250,
+        "binance_max_attempts": 1,
+    }
+    async with exchange_server(settings, **limits) as server:
+        traders = [await server.user(usdt="5000") for _ in range(4)]
+        answers: list[httpx.Response] = []
+        stop = asyncio.Event()
+
+        async def trade(account: Account) -> None:
+            while not stop.is_set():
+                answers.append(await server.order(account, symbol="BTCUSDT", side="buy", quote_quantity="10"))
+                await asyncio.sleep(0.02)
+
+        tasks = [asyncio.create_task(trade(account)) for account in traders]
+        for fault in BINANCE_FAULTS:
+            if fault is None:
+                await server.fake.heal()
+            else:
+                await server.fake.fail(fault[0], delay_ms=fault[1])
+            await asyncio.sleep(0.7)
+        stop.set()
+        await asyncio.gather(*tasks)
+
+        refused = [a for a in answers if a.status_code != 201]
+        for answer in refused:
+            assert error_of(answer) == (503, "price_unavailable"), answer.text
+            assert int(answer.headers["Retry-After"]) >= 1
+        assert refused and len(refused) < len(answers), "each phase must show: refusals and fills"
+        filled = await assert_no_fill_on_an_old_price(db, traders, max_age_ms)
+        assert filled == len(answers) - len(refused)
+        assert await repo.audit(db) == []
 
 
 # ---------------------------------------------------------------------------------------
