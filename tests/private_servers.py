@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -119,6 +120,7 @@ class PrivatePostgres:
         self._data = directory / "data"
         self._log = directory / "server.log"
         self._directory = directory
+        self._frozen: list[int] = []
 
     def _run(self, *command: str) -> None:
         subprocess.run(_as_postgres(*command), check=True, capture_output=True, timeout=120)
@@ -152,7 +154,26 @@ class PrivatePostgres:
             "-w", "restart",
         )  # fmt: skip
 
+    def freeze(self) -> None:
+        """SIGSTOP the whole cluster: connections stay open and nothing answers, as
+        with a frozen host or a network partition."""
+        self._frozen = self._pids()
+        for pid in self._frozen:
+            os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for pid in self._frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        self._frozen = []
+
+    def _pids(self) -> list[int]:
+        postmaster = int((self._data / "postmaster.pid").read_text().split()[0])
+        children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+        return [postmaster, *map(int, children)]
+
     async def stop(self) -> None:
+        self.thaw()
         with contextlib.suppress(subprocess.CalledProcessError):
             await asyncio.to_thread(
                 self._run, str(self._bin / "pg_ctl"), "-D", str(self._data), "-m", "immediate", "-w", "stop"

@@ -580,6 +580,35 @@ async def test_postgres_restarts_mid_storm_answer_503_then_recover_and_lose_noth
         await assert_books_match_the_answers(postgres.url, funding + storm.attempts + after)
 
 
+async def test_a_frozen_postgres_gets_503s_in_bounded_time_not_hung_requests(
+    service_urls: tuple[str, str], tmp_path: Path
+) -> None:
+    """PostgreSQL stops answering but keeps its connections open: its statement_timeout
+    cannot fire, so the client's own bound must (statement + 1 s, connect 5 s; db.py)."""
+    freeze_seconds = 10.0
+    async with private_postgres() as postgres, frozen_binance() as fake:
+        env = server_env(postgres.url, service_urls[1], fake.url)
+        env |= {"DB_STATEMENT_TIMEOUT_MS": "200", "DB_LOCK_TIMEOUT_MS": "100"}
+        async with server_process(env, tmp_path) as server:
+            funding = await storm_accounts(server.url)
+            accounts = [a.account for a in funding[::2]]
+            async with Storm(server.url, accounts, seed=5) as storm:
+                await asyncio.sleep(0.5)
+                postgres.freeze()
+                await asyncio.sleep(freeze_seconds)
+                postgres.thaw()
+                await asyncio.sleep(0.5)
+
+            assert_no_server_error(storm.attempts, answered=True)
+            assert storm.answered(503), "the freeze was not felt: the test proves nothing"
+            slowest = max(a.seconds for a in storm.attempts)
+            assert slowest < freeze_seconds - 1.5, f"a request waited {slowest:.1f} s: as long as the freeze"
+            after = await storm_accounts(server.url)
+            uncertain = [a for a in storm.attempts if a.status == 503]
+            await retry(server.url, uncertain, await ledger_by_key(postgres.url, accounts))
+            await assert_books_match_the_answers(postgres.url, funding + storm.attempts + after)
+
+
 # ---------------------------------------------------------------------------------------
 # The server killed (SIGKILL) during a storm.
 
