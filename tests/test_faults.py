@@ -1,5 +1,5 @@
-"""Faults survived, nothing lost: Redis down, Binance failing, PostgreSQL restarted and
-the server killed in the middle of a storm of money movements.
+"""Faults survived, nothing lost: Redis down, Binance failing, PostgreSQL restarted or
+frozen and the server killed in the middle of a storm of money movements.
 
 Every fault hits a server of the test's own (tests/private_servers.py), never the shared
 ones. After each storm the ledger is checked against what the clients were told: every
@@ -10,6 +10,7 @@ answers add up to, and the audit is clean.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import secrets
@@ -40,7 +41,7 @@ from conftest import (
     register_and_login,
     serving,
 )
-from private_servers import free_port, private_postgres, private_redis, wait_until
+from private_servers import free_port, private_postgres, private_redis
 from test_trading import error_of, exchange_server, wallet_deltas
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -51,6 +52,7 @@ from exchange.db import SCHEMA
 
 # A request that takes longer than this has hung: the test fails.
 REQUEST_TIMEOUT_SECONDS = 15.0
+SERVER_START_SECONDS = 30.0
 PRICES = {"BTCUSDT": "50000.00", "ETHUSDT": "2500.00"}
 STORM_USERS = 6
 STORM_CLIENTS = 4  # httpx clients, each with its own connection pool
@@ -90,13 +92,16 @@ class ServerProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: a kill reaches every worker
             )
+        process = self._process
+        deadline = time.monotonic() + SERVER_START_SECONDS
         async with httpx.AsyncClient(base_url=self.url, timeout=2) as http:
-
-            async def ready() -> bool:
-                assert self._process is not None and self._process.poll() is None, self.log()
-                return (await http.get("/ready")).status_code == 200
-
-            await wait_until(ready, "the server answering /ready with 200")
+            while True:
+                assert process.poll() is None, f"exchange serve exited:\n{self.log()}"
+                with contextlib.suppress(httpx.TransportError):
+                    if (await http.get("/ready")).status_code == 200:
+                        return
+                assert time.monotonic() < deadline, f"exchange serve not ready:\n{self.log()}"
+                await asyncio.sleep(0.05)
 
     def kill(self) -> None:
         """SIGKILL to the server and its workers: nothing gets to finish or clean up."""
@@ -118,6 +123,9 @@ async def server_process(env: dict[str, str], tmp_path: Path) -> AsyncIterator[S
     try:
         await server.start()
         yield server
+    except BaseException:
+        print(f"exchange serve's log:\n{server.log()[-10_000:]}")  # shown with the failure
+        raise
     finally:
         server.kill()
 
@@ -159,16 +167,12 @@ class Attempt:
     def code(self) -> str | None:
         if self.status is None or self.status < 400:
             return None
-        return msgspec_error_code(self.content)
+        return msgspec.json.decode(self.content)["error"]["code"]
 
     def transaction(self) -> dict[str, Any]:
         """The movement a 201 answered (an order's trade)."""
-        body = httpx.Response(201, content=self.content).json()
+        body = msgspec.json.decode(self.content)
         return body["trade"] if "trade" in body else body
-
-
-def msgspec_error_code(content: bytes) -> str:
-    return httpx.Response(500, content=content).json()["error"]["code"]
 
 
 OPERATIONS = [
