@@ -10,6 +10,7 @@ price guard are checked in SQL (sql/migrations/003_trade.sql).
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 from litestar import Request, Response, post
@@ -64,7 +65,7 @@ async def place_order(
     async with state.pool.acquire() as connection:
         # What is left of the price's validity for the lock wait (checked in SQL); zero
         # or less refuses it there, unless the order replays an earlier one.
-        waited_ms = int((time.monotonic() - read_at) * 1000)
+        waited_ms = math.ceil((time.monotonic() - read_at) * 1000)
         trade, replayed = await repo.trade(
             connection,
             data.side,
