@@ -41,7 +41,7 @@ from conftest import (
     register_and_login,
     serving,
 )
-from private_servers import free_port, private_postgres, private_redis
+from private_servers import PrivatePostgres, free_port, private_postgres, private_redis
 from test_trading import error_of, exchange_server, wallet_deltas
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -551,20 +551,40 @@ async def test_orders_while_binance_fails_or_stalls_refuse_or_fill_on_a_young_pr
 
 
 # ---------------------------------------------------------------------------------------
-# PostgreSQL restarted during a storm.
+# PostgreSQL restarted or frozen during a storm.
+
+
+@asynccontextmanager
+async def served_on_private_postgres(
+    redis_url: str, tmp_path: Path, **env: str
+) -> AsyncIterator[tuple[PrivatePostgres, ServerProcess, list[Attempt]]]:
+    """`exchange serve` on a private PostgreSQL cluster; STORM_USERS users funded."""
+    async with private_postgres() as postgres, frozen_binance() as fake:
+        environment = server_env(postgres.url, redis_url, fake.url) | env
+        async with server_process(environment, tmp_path) as server:
+            yield postgres, server, await storm_accounts(server.url)
+
+
+def funded_accounts(funding: list[Attempt]) -> list[Account]:
+    return list({a.account.id: a.account for a in funding}.values())
+
+
+async def assert_recovered_with_nothing_lost(
+    url: str, database_url: str, funding: list[Attempt], storm: Storm
+) -> None:
+    """The pools reconnect on their own: new requests succeed, first time. Then every
+    503 is retried with its key, and the books match the answers."""
+    after = await storm_accounts(url)
+    uncertain = [a for a in storm.attempts if a.status == 503]
+    await retry(url, uncertain, await ledger_by_key(database_url, storm.accounts))
+    await assert_books_match_the_answers(database_url, funding + storm.attempts + after)
 
 
 async def test_postgres_restarts_mid_storm_answer_503_then_recover_and_lose_nothing(
     service_urls: tuple[str, str], tmp_path: Path
 ) -> None:
-    async with (
-        private_postgres() as postgres,
-        frozen_binance() as fake,
-        server_process(server_env(postgres.url, service_urls[1], fake.url), tmp_path) as server,
-    ):
-        funding = await storm_accounts(server.url)
-        accounts = [a.account for a in funding[::2]]
-        async with Storm(server.url, accounts, seed=7) as storm:
+    async with served_on_private_postgres(service_urls[1], tmp_path) as (postgres, server, funding):
+        async with Storm(server.url, funded_accounts(funding), seed=7) as storm:
             await asyncio.sleep(0.8)
             await postgres.restart("fast")  # every session ends, the server comes back
             await asyncio.sleep(0.8)
@@ -577,11 +597,7 @@ async def test_postgres_restarts_mid_storm_answer_503_then_recover_and_lose_noth
 
         assert_no_server_error(storm.attempts, answered=True)
         assert storm.answered(503), "the restarts were not felt: the test proves nothing"
-        # The pools reconnect on their own: every request succeeds again, first time.
-        after = await storm_accounts(server.url)
-        uncertain = [a for a in storm.attempts if a.status == 503]
-        await retry(server.url, uncertain, await ledger_by_key(postgres.url, accounts))
-        await assert_books_match_the_answers(postgres.url, funding + storm.attempts + after)
+        await assert_recovered_with_nothing_lost(server.url, postgres.url, funding, storm)
 
 
 async def test_a_frozen_postgres_gets_503s_in_bounded_time_not_hung_requests(
@@ -590,27 +606,21 @@ async def test_a_frozen_postgres_gets_503s_in_bounded_time_not_hung_requests(
     """PostgreSQL stops answering but keeps its connections open: its statement_timeout
     cannot fire, so the client's own bound must (statement + 1 s, connect 5 s; db.py)."""
     freeze_seconds = 10.0
-    async with private_postgres() as postgres, frozen_binance() as fake:
-        env = server_env(postgres.url, service_urls[1], fake.url)
-        env |= {"DB_STATEMENT_TIMEOUT_MS": "200", "DB_LOCK_TIMEOUT_MS": "100"}
-        async with server_process(env, tmp_path) as server:
-            funding = await storm_accounts(server.url)
-            accounts = [a.account for a in funding[::2]]
-            async with Storm(server.url, accounts, seed=5) as storm:
-                await asyncio.sleep(0.5)
-                postgres.freeze()
-                await asyncio.sleep(freeze_seconds)
-                postgres.thaw()
-                await asyncio.sleep(0.5)
+    timeouts = {"DB_STATEMENT_TIMEOUT_MS": "200", "DB_LOCK_TIMEOUT_MS": "100"}
+    async with served_on_private_postgres(service_urls[1], tmp_path, **timeouts) as served:
+        postgres, server, funding = served
+        async with Storm(server.url, funded_accounts(funding), seed=5) as storm:
+            await asyncio.sleep(0.5)
+            postgres.freeze()
+            await asyncio.sleep(freeze_seconds)
+            postgres.thaw()
+            await asyncio.sleep(0.5)
 
-            assert_no_server_error(storm.attempts, answered=True)
-            assert storm.answered(503), "the freeze was not felt: the test proves nothing"
-            slowest = max(a.seconds for a in storm.attempts)
-            assert slowest < freeze_seconds - 1.5, f"a request waited {slowest:.1f} s: as long as the freeze"
-            after = await storm_accounts(server.url)
-            uncertain = [a for a in storm.attempts if a.status == 503]
-            await retry(server.url, uncertain, await ledger_by_key(postgres.url, accounts))
-            await assert_books_match_the_answers(postgres.url, funding + storm.attempts + after)
+        assert_no_server_error(storm.attempts, answered=True)
+        assert storm.answered(503), "the freeze was not felt: the test proves nothing"
+        slowest = max(a.seconds for a in storm.attempts)
+        assert slowest < freeze_seconds - 1.5, f"a request waited {slowest:.1f} s: as long as the freeze"
+        await assert_recovered_with_nothing_lost(server.url, postgres.url, funding, storm)
 
 
 # ---------------------------------------------------------------------------------------
@@ -620,13 +630,8 @@ async def test_a_frozen_postgres_gets_503s_in_bounded_time_not_hung_requests(
 async def test_a_server_killed_mid_storm_keeps_every_acknowledged_movement_and_replays_it(
     service_urls: tuple[str, str], tmp_path: Path
 ) -> None:
-    async with (
-        private_postgres() as postgres,
-        frozen_binance() as fake,
-        server_process(server_env(postgres.url, service_urls[1], fake.url), tmp_path) as server,
-    ):
-        funding = await storm_accounts(server.url)
-        accounts = [a.account for a in funding[::2]]
+    async with served_on_private_postgres(service_urls[1], tmp_path) as (postgres, server, funding):
+        accounts = funded_accounts(funding)
         async with Storm(server.url, accounts, seed=11) as storm:
             await asyncio.sleep(1.5)
             server.kill()  # requests in flight lose their answers, committed or not
