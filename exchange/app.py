@@ -9,11 +9,14 @@ from contextlib import asynccontextmanager
 
 import httpx
 import redis.asyncio as aioredis
+import redis.exceptions
 from litestar import Litestar, Router
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, OAuthFlow, OAuthFlows, SecurityScheme
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from exchange import __version__, repo
 from exchange.config import Settings, settings_from_env
@@ -35,6 +38,10 @@ from exchange.security import BearerAuthMiddleware, VerifiedTokens, hash_passwor
 
 API_PREFIX = "/api/v1"
 REDIS_TIMEOUT_SECONDS = 2.0
+# After Redis restarts, every pooled connection is dead but handed out as if alive
+# (redis-py 8 skips its check on checkout): a command whose connection turns out closed
+# is sent once more, on a new one. A timeout (a hung Redis) is not retried: no doubled wait.
+REDIS_RETRY = Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,))
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -58,6 +65,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 timeout=REDIS_TIMEOUT_SECONDS,
                 socket_timeout=REDIS_TIMEOUT_SECONDS,
                 socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+                retry=REDIS_RETRY,
             )
         )
         state.rate_limiter = RateLimiter(state.redis, settings.redis_prefix, limits_from(settings))

@@ -18,6 +18,11 @@ SCHEMA = "exchange"
 MIGRATIONS_DIR = SQL_DIR / "migrations"
 # pg_advisory_lock key: two processes starting together apply migrations one at a time.
 MIGRATION_LOCK_KEY = 0x65786368  # "exch"
+# If PostgreSQL stops answering without closing the connection (a frozen host, a network
+# partition), its statement_timeout cannot fire: the client gives up this much later,
+# and the request answers 503 instead of waiting forever. Connecting is bounded too.
+CLIENT_TIMEOUT_MARGIN_MS = 1_000
+CONNECT_TIMEOUT_SECONDS = 5.0
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -46,6 +51,8 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
         },
         init=_init_connection,
         reset=_keep_session,
+        command_timeout=(settings.db_statement_timeout_ms + CLIENT_TIMEOUT_MARGIN_MS) / 1000,
+        timeout=CONNECT_TIMEOUT_SECONDS,
     )
 
 

@@ -108,6 +108,12 @@ UNAVAILABLE_ERRORS = (
 # should never deadlock, hence the warning). The transaction was rolled back whole, so
 # a retry (with the same Idempotency-Key) is safe.
 UNAVAILABLE_SQLSTATES = ("08", "53", "57P", "55P03", "57014", "40")
+# What asyncpg raises itself when the server ended a session under it (a restart): the
+# connection is found closed, or in the middle of reading the server's farewell ("cannot
+# switch to state 12; another operation (2) is in progress"), when a statement starts or
+# when the pool resets the connection after one (it then discards it). Only these exact
+# types: their subclasses (DataError: an argument the driver cannot encode...) are bugs.
+BROKEN_CONNECTION_ERRORS = (asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError)
 
 
 # What each error status means across the API, for the OpenAPI document.
@@ -193,15 +199,25 @@ def from_unavailable(_: Request, exc: Exception) -> Response[ErrorBody]:
     return unavailable()
 
 
+def from_driver_error(request: Request, exc: Exception) -> Response[ErrorBody]:
+    if type(exc) in BROKEN_CONNECTION_ERRORS:
+        # asyncpg's messages name states and operations, never a query's values.
+        log.warning("database connection broken: %s", exc)
+        return unavailable()
+    return from_unexpected(request, exc)
+
+
 def from_unexpected(_: Request, exc: Exception) -> Response[ErrorBody]:
     log.error("unhandled error", exc_info=exc)
     return error_response("internal_error", "internal error", 500)
 
 
 def unavailable() -> Response[ErrorBody]:
+    # A movement whose COMMIT happened just before the connection broke is answered this
+    # way too: the retry with the same Idempotency-Key replays it, or applies it once.
     return error_response(
         "service_unavailable",
-        "a backing service is unavailable; retry shortly",
+        "a backing service is unavailable; retry shortly (with the same Idempotency-Key)",
         503,
         headers={"Retry-After": "1"},
     )
@@ -222,6 +238,7 @@ def exception_handlers() -> ExceptionHandlersMap:
         ExchangeError: from_exchange_error,
         HTTPException: from_http_exception,
         asyncpg.PostgresError: from_postgres_error,
+        **{exc_type: from_driver_error for exc_type in BROKEN_CONNECTION_ERRORS},
         Exception: from_unexpected,
     }
     for exc_type in UNAVAILABLE_ERRORS:

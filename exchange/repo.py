@@ -105,7 +105,7 @@ async def withdraw(
 
 
 async def trade(
-    pool: Pool,
+    pool: Executor,
     side: Literal["buy", "sell"],
     user_id: int,
     symbol: str,

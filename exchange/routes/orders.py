@@ -11,6 +11,8 @@ rules (step, minimum notional, active) and the price guard are checked in SQL
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Mapping
 
 from litestar import Request, Response, post
@@ -74,20 +76,24 @@ async def place_order(
     symbol = data.symbol.upper()
     max_age_ms = state.settings.trade_price_max_age_ms
     price = await trade_price(state.prices, state.price_stream.latest, symbol, max_age_ms)
-    trade, replayed = await repo.trade(
-        state.pool,
-        data.side,
-        request.user.id,
-        symbol,
-        quantity,
-        quote_quantity,
-        guard,
-        None if price is None else price.price,
-        None if price is None else price.fetched_at,
-        # Time a lock wait may take before the price grows too old (checked in SQL).
-        None if price is None else max_age_ms - price.age_ms,
-        idempotency_key,
-    )
+    read_at = time.monotonic()
+    async with state.pool.acquire() as connection:
+        # What is left of the price's validity for the lock wait (checked in SQL); zero
+        # or less refuses it there, unless the order replays an earlier one.
+        waited_ms = math.ceil((time.monotonic() - read_at) * 1000)
+        trade, replayed = await repo.trade(
+            connection,
+            data.side,
+            request.user.id,
+            symbol,
+            quantity,
+            quote_quantity,
+            guard,
+            None if price is None else price.price,
+            None if price is None else price.fetched_at,
+            None if price is None else max_age_ms - price.age_ms - waited_ms,
+            idempotency_key,
+        )
     # Both balances as the trade left them (stored on it, so a replay answers the same).
     wallets = [
         Wallet(asset=trade.asset, balance=trade.balance_after),
