@@ -83,7 +83,7 @@ async def bare_select1(
     url = f"http://127.0.0.1:{port}"
     args = [sys.executable, "-m", "exchange.bench.bare", "--port", str(port), "--workers", str(workers)]
     env = server_env(DATABASE_URL=database_url)
-    async with process(args, env, log_dir / "bare.log", f"{url}/select1"):
+    async with process(args, env, log_dir / "bare.log", f"{url}/select1") as server_pid:
         conns = await open_connections("127.0.0.1", port, connections)
         try:
             nobody = [User("", "")]
@@ -95,6 +95,7 @@ async def bare_select1(
                 run_id="",
                 warmup=warmup,
                 duration=seconds,
+                server_pid=server_pid,
             )
         finally:
             for conn in conns:

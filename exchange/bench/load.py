@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from exchange.bench import cpu
 from exchange.bench.client import Connection, ConnectionLost
 from exchange.bench.scenarios import Operation, User, error_code
 
@@ -25,6 +26,9 @@ class Window:
     seconds: float = 0.0
     cpu_seconds: float = 0.0
     ops: dict[str, OpStats] = field(default_factory=dict)
+    # CPU seconds by process group at the window's start and end (bench/cpu.py).
+    cpu_start: dict[str, float] = field(default_factory=dict)
+    cpu_end: dict[str, float] = field(default_factory=dict)
 
 
 async def run_load(
@@ -36,6 +40,7 @@ async def run_load(
     run_id: str,
     warmup: float,
     duration: float,
+    server_pid: int | None = None,
 ) -> Window:
     window = Window(ops={op.name: OpStats() for op in operations})
     loop = asyncio.get_running_loop()
@@ -45,6 +50,7 @@ async def run_load(
 
     async def open_window() -> None:
         await asyncio.sleep(warmup)
+        window.cpu_start = cpu.snapshot(server_pid)
         clock["wall"], clock["cpu"] = time.perf_counter(), time.process_time()
 
     async def worker(conn: Connection, users: list[User], offset: int) -> None:
@@ -83,6 +89,7 @@ async def run_load(
     await asyncio.gather(open_window(), *tasks)
     window.seconds = time.perf_counter() - clock["wall"]
     window.cpu_seconds = time.process_time() - clock["cpu"]
+    window.cpu_end = cpu.snapshot(server_pid)
     return window
 
 

@@ -7,6 +7,7 @@ import os
 import platform
 from typing import Any
 
+from exchange.bench import cpu
 from exchange.bench.load import OpStats, Window
 
 
@@ -33,11 +34,14 @@ def op_summary(stats: OpStats, seconds: float) -> dict[str, Any]:
 
 def window_summary(window: Window) -> dict[str, Any]:
     ops = {name: op_summary(stats, window.seconds) for name, stats in window.ops.items()}
+    answered = sum(len(s.latencies_ns) + sum(s.errors.values()) for s in window.ops.values())
     return {
         "seconds": round(window.seconds, 2),
         "requests_per_s": round(sum(op["requests_per_s"] for op in ops.values()), 1),
         # CPU seconds the generator spent per wall second: 1.0 is one whole core.
         "generator_cpu": round(window.cpu_seconds / window.seconds, 3) if window.seconds else 0.0,
+        # µs of CPU per request by process group, and the machine's busy share.
+        "cpu_per_request": cpu.per_request(window.cpu_start, window.cpu_end, answered, window.seconds),
         "ops": ops,
     }
 
@@ -97,6 +101,15 @@ def table(results: dict[str, Any]) -> str:
         )
         for row in rows
     ]
+    cpu_lines = [(name, summary.get("cpu_per_request")) for name, summary in results["scenarios"].items()]
+    if "select1" in ceiling:
+        cpu_lines.append(("select1", ceiling["select1"].get("cpu_per_request")))
+    for name, use in cpu_lines:
+        if use:
+            groups = ", ".join(
+                f"{k.removesuffix('_us')} {v:,.0f}" for k, v in use.items() if k.endswith("_us")
+            )
+            lines.append(f"CPU µs per request, {name}: {groups}; machine {use['machine_busy']:.0%} busy")
     pgbench = ceiling.get("pgbench")
     if isinstance(pgbench, dict):
         lines.append(

@@ -63,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", type=Path, help="write the results to this file as JSON")
     parser.add_argument(
+        "--server-pid", type=int, help="--url: the server's main pid, to report its CPU per request (Linux)"
+    )
+    parser.add_argument(
         "--admin-email", help="--url: an admin account for the audit (its password in BENCH_ADMIN_PASSWORD)"
     )
 
@@ -96,11 +99,11 @@ async def bench(settings: Settings, args: argparse.Namespace, scenarios: list[st
     async with AsyncExitStack() as stack:
         if args.spawn:
             spawned = await stack.enter_async_context(spawn(settings, workers, args.bcrypt_rounds, log_dir))
-            url = spawned.url
+            url, server_pid = spawned.url, spawned.server_pid
             admin: tuple[str, str] | None = (spawned.admin_email, spawned.admin_password)
             bcrypt_rounds: int | str = args.bcrypt_rounds
         else:
-            url, bcrypt_rounds = args.url.rstrip("/"), "the server's"
+            url, bcrypt_rounds, server_pid = args.url.rstrip("/"), "the server's", args.server_pid
             password = os.environ.get("BENCH_ADMIN_PASSWORD")
             admin = (args.admin_email, password) if args.admin_email and password else None
         results: dict[str, Any] = {
@@ -135,6 +138,7 @@ async def bench(settings: Settings, args: argparse.Namespace, scenarios: list[st
                         run_id=f"bench-{secrets.token_hex(6)}",
                         warmup=args.warmup,
                         duration=args.duration,
+                        server_pid=server_pid,
                     )
                     results["scenarios"][name] = report.window_summary(window)
             finally:

@@ -35,6 +35,7 @@ class Spawned:
     database_url: str
     admin_email: str
     admin_password: str
+    server_pid: int
 
 
 def free_port() -> int:
@@ -66,7 +67,7 @@ async def scratch_database(server_url: str, name: str) -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def process(args: list[str], env: dict[str, str], log: Path, ready_url: str) -> AsyncIterator[None]:
+async def process(args: list[str], env: dict[str, str], log: Path, ready_url: str) -> AsyncIterator[int]:
     """Start a process (its output to `log`), wait until `ready_url` answers 200, and stop
     it at the end."""
     with log.open("ab") as out:
@@ -76,7 +77,7 @@ async def process(args: list[str], env: dict[str, str], log: Path, ready_url: st
         )
     try:
         await _wait_ready(proc, ready_url, log)
-        yield
+        yield proc.pid
     finally:
         proc.terminate()
         try:
@@ -145,9 +146,9 @@ async def spawn(
         url = f"http://127.0.0.1:{api_port}"
         async with (
             process(stand_in, env, log_dir / "fake-binance.log", f"{binance_url}/api/v3/ping"),
-            process(server, env, log_dir / "server.log", f"{url}/ready"),
+            process(server, env, log_dir / "server.log", f"{url}/ready") as server_pid,
         ):
-            yield Spawned(url, database_url, ADMIN_EMAIL, admin_password)
+            yield Spawned(url, database_url, ADMIN_EMAIL, admin_password, server_pid)
 
 
 async def _create_admin(database_url: str, password: str, bcrypt_rounds: int) -> None:
