@@ -16,16 +16,19 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, OAuthFlow, OAuthFlows, SecurityScheme
 
 from exchange import __version__, repo
+from exchange.bodies import ExchangeRequest
 from exchange.config import Settings, settings_from_env
 from exchange.db import create_pool
 from exchange.errors import exception_handlers
 from exchange.money import Money
+from exchange.openapi import schema_plugins
 from exchange.prices.binance import BinanceClient, create_http_client
 from exchange.prices.cache import PriceCache
 from exchange.prices.feed import PriceFeed
 from exchange.prices.stream import PriceStream
 from exchange.routes import auth, health, orders, prices, transactions, users, wallets
 from exchange.routes.admin import admin_router
+from exchange.schemas import DecimalText, decimal_text
 from exchange.security import BearerAuthMiddleware, hash_password
 
 API_PREFIX = "/api/v1"
@@ -104,8 +107,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),
         request_max_body_size=settings.max_body_bytes,
+        request_class=ExchangeRequest,
         openapi_config=_openapi_config(),
+        plugins=schema_plugins(),
         type_encoders={Money: str},
+        type_decoders=[(lambda type_: type_ is DecimalText, lambda _, value: decimal_text(value))],
         debug=False,
     )
 

@@ -118,7 +118,8 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     404: "`not_found` (also another user's resource), `unknown_asset` or `unknown_symbol`",
     409: "`email_taken`, `insufficient_funds`, `price_moved` (the price crossed `max_price` / "
     "`min_price`) or `market_inactive`",
-    413: "`payload_too_large`",
+    413: "`payload_too_large`: the body is above MAX_BODY_BYTES",
+    415: "`unsupported_media_type`: the body is not sent with the Content-Type this route reads",
     422: "`invalid_amount`, `too_many_decimals`, `idempotency_key_reused`, `password_too_short`, "
     "`password_too_long`, `exactly_one_quantity`, `quantity_off_step`, `quantity_out_of_range`, "
     "`below_min_notional`, `invalid_price_guard`; `details` names the field and the limit",
@@ -158,9 +159,12 @@ def from_http_exception(_: Request, exc: HTTPException) -> Response[ErrorBody]:
     if isinstance(exc, ValidationException) and exc.extra:
         # msgspec names the field: "Expected `str`, got `int` - at `$.email`".
         details = {"errors": exc.extra}
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    # Keep Litestar's headers: a 405 must list the allowed methods in `Allow` (RFC 9110).
+    headers = dict(exc.headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     message = exc.detail if status < 500 else "internal error"
-    return error_response(code, message, status, details, headers)
+    return error_response(code, message, status, details, headers or None)
 
 
 def from_postgres_error(_: Request, exc: asyncpg.PostgresError) -> Response[ErrorBody]:

@@ -7,6 +7,7 @@ from litestar.datastructures import State
 from litestar.params import JSONBody, URLEncodedBody
 
 from exchange import repo
+from exchange.bodies import form_body_only
 from exchange.errors import ExchangeError, documented
 from exchange.schemas import RegisterRequest, Token, TokenForm, User
 from exchange.security import check_password_rules, hash_password, issue_token, verify_password
@@ -17,7 +18,7 @@ from exchange.security import check_password_rules, hash_password, issue_token, 
     status_code=201,
     tags=["auth"],
     summary="Create an account",
-    responses=documented(400, 409, 413, 422, 503),
+    responses=documented(400, 409, 413, 415, 422, 503),
 )
 async def register(data: JSONBody[RegisterRequest], state: State) -> User:
     """Email (unique whatever its case) and a password of 8+ characters and at most
@@ -32,7 +33,8 @@ async def register(data: JSONBody[RegisterRequest], state: State) -> User:
     status_code=200,
     tags=["auth"],
     summary="Log in (OAuth2 password flow)",
-    responses=documented(400, 401, 403, 503),
+    responses=documented(400, 401, 403, 413, 415, 503),
+    before_request=form_body_only,
 )
 async def token(
     data: URLEncodedBody[TokenForm],

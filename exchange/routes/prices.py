@@ -38,14 +38,27 @@ def market_symbol(symbol: str, cache: PriceCache) -> str:
     return name
 
 
+SymbolsQuery = Annotated[
+    str | None,
+    QueryParameter(
+        description="Comma-separated symbols, e.g. `BTCUSDT,ETHUSDT` (default: every market); "
+        "at most WS_MAX_SYMBOLS of them.",
+        max_length=1_000,
+    ),
+]
+
+
 @get(
     "/prices",
     tags=["prices"],
-    summary="Every market's price, with its age",
-    responses=documented(503),
+    summary="Every market's price, or those of `symbols`, with their age",
+    responses=documented(400, 404, 503),
 )
-async def list_prices(state: State) -> list[Price]:
-    return await state.prices.prices()
+async def list_prices(state: State, symbols: SymbolsQuery = None) -> list[Price]:
+    cache: PriceCache = state.prices
+    if symbols is None:
+        return await cache.prices()
+    return await cache.prices(_followed_symbols(symbols, cache, state.settings.ws_max_symbols))
 
 
 @get(
@@ -57,15 +70,6 @@ async def list_prices(state: State) -> list[Price]:
 async def get_price(state: State, symbol: Annotated[str, PathParameter(description="e.g. BTCUSDT")]) -> Price:
     cache: PriceCache = state.prices
     return await cache.price(market_symbol(symbol, cache))
-
-
-SymbolsQuery = Annotated[
-    str | None,
-    QueryParameter(
-        description="Comma-separated symbols to follow, e.g. `BTCUSDT,ETHUSDT` (default: every market).",
-        max_length=1_000,
-    ),
-]
 
 
 @websocket("/ws/prices", name="price_stream")
