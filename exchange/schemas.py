@@ -15,16 +15,22 @@ import msgspec
 
 from exchange.errors import ErrorDetail, ExchangeError
 
-# No spaces or control characters (PostgreSQL text cannot hold NUL).
-EMAIL_PATTERN = r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$"
-NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f]*$"
+# Patterns are checked by msgspec (Python's re) and published in the OpenAPI document
+# (ECMA-262 regex), so they use only what both read alike: explicit ranges, not `\s`
+# (Python's also matches U+0085), and END, not `$` (Python's also matches before a final
+# newline, so "a@b.co\n" would pass).
+END = r"(?!\n)$"
+# No spaces or control characters, C1 included (PostgreSQL text cannot hold NUL).
+_EMAIL_PART = r"[^@\x00-\x20\x7f-\x9f]+"
+EMAIL_PATTERN = rf"^{_EMAIL_PART}@{_EMAIL_PART}\.{_EMAIL_PART}{END}"
+NO_CONTROL_CHARS = rf"^[^\x00-\x1f\x7f]*{END}"
 # Ids are PostgreSQL bigint, but a JSON client (JavaScript's Number) reads integers
 # exactly only up to 2**53 - 1: ids are refused above that, far beyond any real id.
 ID_MAX = 2**53 - 1
-ASSET_PATTERN = r"^[A-Za-z0-9]{2,12}$"
-SYMBOL_PATTERN = r"^[A-Za-z0-9]{2,20}$"
+ASSET_PATTERN = rf"^[A-Za-z0-9]{{2,12}}{END}"
+SYMBOL_PATTERN = rf"^[A-Za-z0-9]{{2,20}}{END}"
 # Printable ASCII without spaces, as UUIDs and most client-generated keys are.
-IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,100}$"
+IDEMPOTENCY_KEY_PATTERN = rf"^[\x21-\x7e]{{1,100}}{END}"
 # Amounts are bounded before they reach the database; the asset's own limits
 # (scale, max_amount) are checked in SQL.
 AMOUNT_MAX_DIGITS = 40
@@ -57,8 +63,18 @@ TransactionKind = Literal["deposit", "withdrawal", "buy", "sell"]
 class RegisterRequest(msgspec.Struct, forbid_unknown_fields=True):
     email: Annotated[str, msgspec.Meta(min_length=3, max_length=254, pattern=EMAIL_PATTERN)]
     # 8+ characters and at most 72 bytes in UTF-8 (bcrypt's limit): longer is refused
-    # with password_too_long rather than silently truncated (security.check_password_rules).
-    password: Annotated[str, msgspec.Meta(max_length=1024)]
+    # with password_too_long rather than silently truncated (security.check_password_rules),
+    # so those two are 422s with their own codes; the schema states the character bounds.
+    password: Annotated[
+        str,
+        msgspec.Meta(
+            max_length=1024,
+            extra_json_schema={
+                "description": "8+ characters, at most 72 bytes in UTF-8 (bcrypt's limit).",
+                "extra": {"min_length": 8, "max_length": 72},
+            },
+        ),
+    ]
 
 
 class TokenForm(msgspec.Struct):

@@ -351,5 +351,20 @@ async def test_a_wrong_method_is_405_with_the_allowed_methods(
     assert "POST" in answer.headers["allow"].split(", ")
 
 
+@pytest.mark.parametrize("path", ["/api/v1/admin/audit", "/api/v1/orders", "/api/v1/prices"])
+async def test_options_lists_the_methods_of_any_route_without_a_token(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    answer = await client.options(path)
+    assert answer.status_code == 204, answer.text
+    assert "OPTIONS" in answer.headers["allow"]
+
+
+@pytest.mark.parametrize("email", ["new@example.com\n", "new\u0085x@example.com", "new@exam ple.com"])
+async def test_emails_with_line_breaks_or_spaces_are_refused(client: httpx.AsyncClient, email: str) -> None:
+    answer = await client.post("/api/v1/auth/register", json={"email": email, "password": TEST_PASSWORD})
+    assert error_of(answer) == (400, "validation_error")
+
+
 async def test_after_all_the_bad_input_the_books_still_balance(db: asyncpg.Pool) -> None:
     assert await audit(db) == []
