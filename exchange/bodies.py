@@ -36,6 +36,8 @@ def malformed_body(reason: str) -> ExchangeError:
 class ExchangeRequest(Request):
     """Request whose JSON body must say `Content-Type: application/json` (or `+json`)."""
 
+    __slots__ = ()
+
     async def json(self) -> Any:
         media_type = self.content_type[0]
         if media_type != "application/json" and not media_type.endswith("+json"):

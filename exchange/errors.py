@@ -112,7 +112,8 @@ UNAVAILABLE_SQLSTATES = ("08", "53", "57P", "55P03", "57014", "40")
 
 # What each error status means across the API, for the OpenAPI document.
 ERROR_DESCRIPTIONS: dict[int, str] = {
-    400: "`validation_error`: malformed body, wrong types, unknown or missing fields; `details` names them",
+    400: "`validation_error`: malformed body, wrong types, unknown or missing fields, a parameter out of "
+    "its bounds; `details` names them. `too_many_symbols`: a symbol list over WS_MAX_SYMBOLS",
     401: "`unauthorized` (no, expired or invalid token) or `invalid_credentials` (login)",
     403: "`forbidden` (admins only) or `user_disabled`",
     404: "`not_found` (also another user's resource), `unknown_asset` or `unknown_symbol`",
