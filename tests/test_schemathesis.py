@@ -54,7 +54,7 @@ async def server(service_urls: tuple[str, str], settings: Settings) -> AsyncIter
 
 
 async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
-    server: tuple[str, str, str],
+    server: tuple[str, str, str], tmp_path: Path
 ) -> None:
     url, authorization, database_url = server
     command = [
@@ -68,8 +68,9 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
         "--workers", "2",
         "--no-color",
     ]  # fmt: skip
+    # In a temporary folder: schemathesis keeps a cache where it runs.
     process = await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        *command, cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
     output, _ = await asyncio.wait_for(process.communicate(), timeout=FUZZING_SECONDS + 90)
     report = output.decode(errors="replace")
