@@ -19,6 +19,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from exchange import __version__, repo
+from exchange.bodies import ExchangeRequest
 from exchange.config import Settings, settings_from_env
 from exchange.db import create_pool
 from exchange.denylist import Denylist
@@ -27,6 +28,7 @@ from exchange.logs import configure_logging
 from exchange.metrics import metrics_endpoint, worker_stopped
 from exchange.money import Money
 from exchange.observability import observe
+from exchange.openapi import schema_plugins
 from exchange.prices.binance import BinanceClient, create_http_client
 from exchange.prices.cache import PriceCache
 from exchange.prices.feed import PriceFeed
@@ -34,6 +36,7 @@ from exchange.prices.stream import PriceStream
 from exchange.ratelimit import RateLimiter, limits_from
 from exchange.routes import auth, health, orders, prices, transactions, users, wallets
 from exchange.routes.admin import admin_router
+from exchange.schemas import DecimalText, decimal_text
 from exchange.security import BearerAuthMiddleware, VerifiedTokens, hash_password
 
 API_PREFIX = "/api/v1"
@@ -127,8 +130,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),
         request_max_body_size=settings.max_body_bytes,
+        request_class=ExchangeRequest,
         openapi_config=_openapi_config(),
+        plugins=schema_plugins(),
         type_encoders={Money: str},
+        type_decoders=[(lambda type_: type_ is DecimalText, lambda _, value: decimal_text(value))],
         # Litestar's default would put its own handler and format on the root logger.
         logging_config=None,
         debug=False,

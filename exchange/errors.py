@@ -118,14 +118,16 @@ BROKEN_CONNECTION_ERRORS = (asyncpg.InterfaceError, asyncpg.exceptions.InternalC
 
 # What each error status means across the API, for the OpenAPI document.
 ERROR_DESCRIPTIONS: dict[int, str] = {
-    400: "`validation_error`: malformed body, wrong types, unknown or missing fields; `details` names them",
+    400: "`validation_error`: malformed body, wrong types, unknown or missing fields, a parameter out of "
+    "its bounds; `details` names them. `too_many_symbols`: a symbol list over WS_MAX_SYMBOLS",
     401: "`unauthorized` (no, expired, invalid or revoked token, or a disabled user) or "
     "`invalid_credentials` (login)",
     403: "`forbidden` (admins only) or `user_disabled`",
     404: "`not_found` (also another user's resource), `unknown_asset` or `unknown_symbol`",
     409: "`email_taken`, `insufficient_funds`, `price_moved` (the price crossed `max_price` / "
     "`min_price`), `market_inactive` or `cannot_disable_self`",
-    413: "`payload_too_large`",
+    413: "`payload_too_large`: the body is above MAX_BODY_BYTES",
+    415: "`unsupported_media_type`: the body is not sent with the Content-Type this route reads",
     422: "`invalid_amount`, `too_many_decimals`, `idempotency_key_reused`, `password_too_short`, "
     "`password_too_long`, `exactly_one_quantity`, `quantity_off_step`, `quantity_out_of_range`, "
     "`below_min_notional`, `invalid_price_guard`; `details` names the field and the limit",
@@ -167,9 +169,12 @@ def from_http_exception(_: Request, exc: HTTPException) -> Response[ErrorBody]:
     if isinstance(exc, ValidationException) and exc.extra:
         # msgspec names the field: "Expected `str`, got `int` - at `$.email`".
         details = {"errors": exc.extra}
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    # Keep Litestar's headers: a 405 must list the allowed methods in `Allow` (RFC 9110).
+    headers = dict(exc.headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     message = exc.detail if status < 500 else "internal error"
-    return error_response(code, message, status, details, headers)
+    return error_response(code, message, status, details, headers or None)
 
 
 def from_postgres_error(_: Request, exc: asyncpg.PostgresError) -> Response[ErrorBody]:

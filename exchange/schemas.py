@@ -6,6 +6,7 @@ accepted for an amount: msgspec parses it straight into Decimal, never through f
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Literal
@@ -14,18 +15,47 @@ import msgspec
 
 from exchange.errors import ErrorDetail, ExchangeError
 
-# No spaces or control characters (PostgreSQL text cannot hold NUL).
-EMAIL_PATTERN = r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$"
-NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f]*$"
-# Ids are PostgreSQL bigint.
-ID_MAX = 2**63 - 1
-ASSET_PATTERN = r"^[A-Za-z0-9]{2,12}$"
-SYMBOL_PATTERN = r"^[A-Za-z0-9]{2,20}$"
+# Patterns are checked by msgspec (Python's re) and published in the OpenAPI document
+# (ECMA-262 regex), so they use only what both read alike: explicit ranges, not `\s`
+# (Python's also matches U+0085), and END, not `$` (Python's also matches before a final
+# newline, so "a@b.co\n" would pass).
+END = r"(?!\n)$"
+# No spaces or control characters, C1 included (PostgreSQL text cannot hold NUL).
+_EMAIL_PART = r"[^@\x00-\x20\x7f-\x9f]+"
+EMAIL_PATTERN = rf"^{_EMAIL_PART}@{_EMAIL_PART}\.{_EMAIL_PART}{END}"
+NO_CONTROL_CHARS = rf"^[^\x00-\x1f\x7f]*{END}"
+# Ids are PostgreSQL bigint, but a JSON client (JavaScript's Number) reads integers
+# exactly only up to 2**53 - 1: ids are refused above that, far beyond any real id.
+ID_MAX = 2**53 - 1
+ASSET_PATTERN = rf"^[A-Za-z0-9]{{2,12}}{END}"
+SYMBOL_PATTERN = rf"^[A-Za-z0-9]{{2,20}}{END}"
 # Printable ASCII without spaces, as UUIDs and most client-generated keys are.
-IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,100}$"
+IDEMPOTENCY_KEY_PATTERN = rf"^[\x21-\x7e]{{1,100}}{END}"
 # Amounts are bounded before they reach the database; the asset's own limits
 # (scale, max_amount) are checked in SQL.
 AMOUNT_MAX_DIGITS = 40
+# A decimal number as a string: digits with an optional fraction and exponent. NaN and
+# Infinity parse too, and are refused as invalid_amount (422) like any non-positive one.
+DECIMAL_PATTERN = r"^[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|NaN|sNaN|Infinity)$"
+_DECIMAL = re.compile(DECIMAL_PATTERN)
+
+
+class DecimalText(Decimal):
+    """An amount in a request: a string matching DECIMAL_PATTERN ("100.50") or a JSON
+    number, read exactly (exchange/bodies.py). msgspec alone would take " 1_0" or Arabic-Indic digits
+    too; this type makes the server accept exactly what the OpenAPI schema says."""
+
+    __slots__ = ()
+
+
+def decimal_text(value: object) -> DecimalText:
+    """msgspec decoding hook for DecimalText; a ValueError becomes a 400 naming the field."""
+    if isinstance(value, str) and _DECIMAL.fullmatch(value):
+        return DecimalText(value)
+    if isinstance(value, Decimal | int) and not isinstance(value, bool):
+        return DecimalText(value)
+    raise ValueError('Expected a decimal number as a string, e.g. "100.50"')
+
 
 TransactionKind = Literal["deposit", "withdrawal", "buy", "sell"]
 
@@ -33,8 +63,18 @@ TransactionKind = Literal["deposit", "withdrawal", "buy", "sell"]
 class RegisterRequest(msgspec.Struct, forbid_unknown_fields=True):
     email: Annotated[str, msgspec.Meta(min_length=3, max_length=254, pattern=EMAIL_PATTERN)]
     # 8+ characters and at most 72 bytes in UTF-8 (bcrypt's limit): longer is refused
-    # with password_too_long rather than silently truncated (security.check_password_rules).
-    password: Annotated[str, msgspec.Meta(max_length=1024)]
+    # with password_too_long rather than silently truncated (security.check_password_rules),
+    # so those two are 422s with their own codes; the schema states the character bounds.
+    password: Annotated[
+        str,
+        msgspec.Meta(
+            max_length=1024,
+            extra_json_schema={
+                "description": "8+ characters, at most 72 bytes in UTF-8 (bcrypt's limit).",
+                "extra": {"min_length": 8, "max_length": 72},
+            },
+        ),
+    ]
 
 
 class TokenForm(msgspec.Struct):
@@ -70,7 +110,7 @@ class Wallet(msgspec.Struct):
 class AmountRequest(msgspec.Struct, forbid_unknown_fields=True):
     """Body of a deposit or a withdrawal: {"amount": "100.50"}."""
 
-    amount: Decimal
+    amount: DecimalText
 
     def checked_amount(self) -> Decimal:
         return checked_decimal(self.amount, "amount")
@@ -84,21 +124,21 @@ class OrderRequest(msgspec.Struct, forbid_unknown_fields=True):
     symbol: Annotated[str, msgspec.Meta(pattern=SYMBOL_PATTERN, examples=["BTCUSDT"])]
     side: Literal["buy", "sell"]
     quantity: Annotated[
-        Decimal | None,
+        DecimalText | None,
         msgspec.Meta(description="Base quantity, a multiple of the market's step.", examples=["0.01"]),
     ] = None
     quote_quantity: Annotated[
-        Decimal | None,
+        DecimalText | None,
         msgspec.Meta(
             description="Instead of quantity: trade the most steps whose notional is at most this.",
             examples=["100"],
         ),
     ] = None
     max_price: Annotated[
-        Decimal | None, msgspec.Meta(description="Buy only: refuse (409 price_moved) above this price.")
+        DecimalText | None, msgspec.Meta(description="Buy only: refuse (409 price_moved) above this price.")
     ] = None
     min_price: Annotated[
-        Decimal | None, msgspec.Meta(description="Sell only: refuse (409 price_moved) below this price.")
+        DecimalText | None, msgspec.Meta(description="Sell only: refuse (409 price_moved) below this price.")
     ] = None
 
     def price_guard(self) -> Decimal | None:
@@ -133,7 +173,7 @@ def checked_decimal(value: Decimal, field: str) -> Decimal:
             422,
             {"field": field},
         )
-    return value
+    return Decimal(value)
 
 
 class Transaction(msgspec.Struct, omit_defaults=True):

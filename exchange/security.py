@@ -145,5 +145,9 @@ class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
 
 def admin_only(connection: ASGIConnection, _: BaseRouteHandler) -> None:
     """Guard: the caller's token must carry the admin role."""
+    if connection.scope["method"] == "OPTIONS":
+        # Litestar's OPTIONS answer runs no handler (only `Allow`), and authentication
+        # skips it, so there is no user to check: without this it was a 500.
+        return
     if connection.user.role != "admin":
         raise ExchangeError("forbidden", "this operation is for admins only", 403)

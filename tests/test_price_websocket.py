@@ -100,6 +100,8 @@ async def test_symbols_per_connection_are_bounded(settings: Settings) -> None:
     async with price_server(settings, ws_max_symbols=2) as (url, _, _):
         error, code, _ = await refused(f"{url}?symbols=BTCUSDT,ETHUSDT,SOLUSDT")
         assert error["error"]["code"] == "too_many_symbols" and code == 1008
+        error, code, _ = await refused(f"{url}?symbols=" + "B" * 1001)  # was a bare 403 handshake
+        assert error["error"]["details"] == {"field": "symbols", "max_length": 1000} and code == 1008
         async with connect(f"{url}?symbols=btcusdt,ETHUSDT,BTCUSDT") as ws:  # 2 once deduplicated
             assert (await receive(ws))["type"] == "price"
 

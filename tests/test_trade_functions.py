@@ -10,17 +10,19 @@ import secrets
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from decimal import Decimal
 from typing import Literal
 
 import asyncpg
 import msgspec
 import pytest
 from conftest import audit
+from market_model import MARKETS, fill
 
 from exchange import repo
 from exchange.config import Settings
 from exchange.db import create_pool
+from exchange.errors import SQLSTATE_ERRORS
 
 CONNECTIONS = 30
 NOW = datetime.now(UTC)
@@ -138,30 +140,13 @@ async def test_the_functions_refuse_a_nonsense_price_from_any_caller(
 
 
 def expected_fill(
-    side: str, quantity: Decimal | None, quote_quantity: Decimal | None, price: Decimal
+    side: Literal["buy", "sell"], quantity: Decimal | None, quote_quantity: Decimal | None, price: Decimal
 ) -> dict:
-    """BTCUSDT's rules, computed independently in Decimal: step 0.00001, quantity within
-    [0.00001, 9000], notional >= 5, fee 0.1% of what is received, rounded up; USDT 2 decimals."""
-    step, cent, satoshi = Decimal("0.00001"), Decimal("0.01"), Decimal("0.00000001")
-    if quantity is None:
-        quantity = (quote_quantity / (price * step)).to_integral_value(ROUND_FLOOR) * step
-    notional = quantity * price
-    if quantity == 0 or notional < 5:
-        return {"refused": "EX011"}
-    if not Decimal("0.00001") <= quantity <= 9000:
-        return {"refused": "EX010"}
-    if side == "buy":
-        return {
-            "amount": quantity,
-            "quote_qty": notional.quantize(cent, ROUND_CEILING),
-            "fee": (quantity * Decimal("0.001")).quantize(satoshi, ROUND_CEILING),
-        }
-    proceeds = notional.quantize(cent, ROUND_FLOOR)
-    return {
-        "amount": quantity,
-        "quote_qty": proceeds,
-        "fee": (proceeds * Decimal("0.001")).quantize(cent, ROUND_CEILING),
-    }
+    """BTCUSDT's rules, computed independently in Decimal (tests/market_model.py)."""
+    filled = fill(MARKETS["BTCUSDT"], side, quantity, quote_quantity, price)
+    if isinstance(filled, str):
+        return {"refused": filled}
+    return {"amount": filled.quantity, "quote_qty": filled.quote_qty, "fee": filled.fee}
 
 
 async def test_random_orders_fill_exactly_as_a_decimal_model_computes(
@@ -185,7 +170,7 @@ async def test_random_orders_fill_exactly_as_a_decimal_model_computes(
         if "refused" not in expected:
             paid, needed = ("USDT", expected["quote_qty"]) if side == "buy" else ("BTC", expected["amount"])
             if wallets[paid] < needed:
-                expected = {"refused": "EX004"}
+                expected = {"refused": "insufficient_funds"}
         try:
             filled, _ = await repo.trade(
                 pool,
@@ -201,7 +186,8 @@ async def test_random_orders_fill_exactly_as_a_decimal_model_computes(
                 secrets.token_hex(8),
             )
         except asyncpg.PostgresError as exc:
-            assert {"refused": exc.sqlstate} == expected, (side, quantity, quote_quantity, price)
+            refused = {"refused": SQLSTATE_ERRORS[exc.sqlstate][0]}
+            assert refused == expected, (side, quantity, quote_quantity, price)
             outcomes[exc.sqlstate] += 1
             continue
         outcomes[side] += 1

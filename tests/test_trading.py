@@ -5,35 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import random
-import secrets
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, ROUND_UP, Decimal
 from typing import Any
 
 import asyncpg
 import httpx
-import msgspec
 import pytest
-from conftest import (
-    Account,
-    FakeBinanceControl,
-    audit,
-    fake_binance_server,
-    key,
-    ledger_counts,
-    login,
-    move,
-    register_and_login,
-    serving,
-)
-from litestar import Litestar
+from conftest import audit, key, ledger_counts, login, move
+from pinned_exchange import Exchange, exchange_server
 
 from exchange import repo
-from exchange.app import create_app
 from exchange.config import Settings
 from exchange.prices.binance import Quote
 from exchange.prices.cache import now_ms
@@ -42,60 +26,6 @@ from exchange.prices.feed import channel_name, encode_quotes
 FEE_RATE = Decimal("0.001")  # every seeded market's fee_rate (001_schema.sql)
 CENT = Decimal("0.01")  # USDT's scale
 SATOSHI = Decimal("0.00000001")  # BTC's and ETH's scale
-
-
-@dataclass
-class Exchange:
-    """A server of its own whose prices change only when a test says so."""
-
-    http: httpx.AsyncClient
-    fake: FakeBinanceControl
-    app: Litestar
-
-    async def set_prices(self, prices: dict[str, str]) -> None:
-        """The stand-in moves to these prices, and the cache fetches them through httpx."""
-        await self.fake.set_prices(prices, frozen=True)
-        await self.app.state.prices.refresh()
-
-    async def user(self, usdt: str | None = None) -> Account:
-        account = await register_and_login(self.http)
-        if usdt is not None:
-            assert (await move(self.http, account, "deposit", usdt)).status_code == 201
-        return account
-
-    async def order(
-        self, account: Account, idempotency_key: str | None = None, **body: Any
-    ) -> httpx.Response:
-        headers = {**account.headers, "Idempotency-Key": idempotency_key or key()}
-        return await self.http.post("/api/v1/orders", json=body, headers=headers)
-
-    async def balances(self, account: Account) -> dict[str, Decimal]:
-        """The account's non-zero balances."""
-        answer = await self.http.get("/api/v1/wallets", headers=account.headers)
-        return {w["asset"]: Decimal(w["balance"]) for w in answer.json() if Decimal(w["balance"])}
-
-
-@asynccontextmanager
-async def exchange_server(settings: Settings, **overrides: Any) -> AsyncIterator[Exchange]:
-    async with fake_binance_server() as fake:
-        await fake.set_prices({"BTCUSDT": "64123.45", "ETHUSDT": "2500.00"}, frozen=True)
-        configured = msgspec.structs.replace(
-            settings,
-            binance_url=fake.url,
-            redis_prefix=f"test:{secrets.token_hex(4)}:",
-            **{
-                # No feed, and a long cache TTL: a price changes only through set_prices.
-                "price_poll_ms": 0,
-                "price_cache_ttl_ms": 60_000,
-                "price_stale_max_ms": 120_000,
-                "trade_price_max_age_ms": 60_000,
-                **overrides,
-            },
-        )
-        app = create_app(configured)
-        limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
-        async with serving(app) as url, httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as http:
-            yield Exchange(http, fake, app)
 
 
 @pytest.fixture(scope="module")

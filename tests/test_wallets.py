@@ -139,7 +139,9 @@ async def test_bad_amounts_are_refused_and_the_ledger_is_unchanged(
         pytest.param(b"{}", "application/json", 400, "validation_error", id="missing-amount"),
         pytest.param(b'{"amount": "1"', "application/json", 400, "validation_error", id="malformed-json"),
         pytest.param(b"[]", "application/json", 400, "validation_error", id="not-an-object"),
-        pytest.param(b"amount=1", "application/x-www-form-urlencoded", 400, "validation_error", id="form"),
+        pytest.param(
+            b"amount=1", "application/x-www-form-urlencoded", 415, "unsupported_media_type", id="form"
+        ),
         pytest.param(
             b'{"amount": "1"}' + b" " * 70_000, "application/json", 413, "payload_too_large", id="too-big"
         ),

@@ -13,6 +13,7 @@ from litestar.datastructures import State
 from litestar.params import JSONBody, URLEncodedBody
 
 from exchange import repo
+from exchange.bodies import form_body_only
 from exchange.errors import ExchangeError, documented
 from exchange.schemas import RegisterRequest, Token, TokenForm, User
 from exchange.security import AuthUser, check_password_rules, hash_password, issue_token, verify_password
@@ -23,7 +24,7 @@ from exchange.security import AuthUser, check_password_rules, hash_password, iss
     status_code=201,
     tags=["auth"],
     summary="Create an account",
-    responses=documented(400, 409, 413, 422, 429, 503),
+    responses=documented(400, 409, 413, 415, 422, 429, 503),
 )
 async def register(data: JSONBody[RegisterRequest], request: Request, state: State) -> User:
     """Email (unique whatever its case) and a password of 8+ characters and at most
@@ -40,7 +41,8 @@ async def register(data: JSONBody[RegisterRequest], request: Request, state: Sta
     status_code=200,
     tags=["auth"],
     summary="Log in (OAuth2 password flow)",
-    responses=documented(400, 401, 403, 429, 503),
+    responses=documented(400, 401, 403, 413, 415, 429, 503),
+    before_request=form_body_only,
 )
 async def token(
     data: URLEncodedBody[TokenForm],

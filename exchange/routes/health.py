@@ -6,6 +6,7 @@ import asyncio
 
 from litestar import Response, get
 from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
 
 from exchange import repo
 from exchange.schemas import Health, Readiness
@@ -18,7 +19,12 @@ async def health() -> Health:
     return Health(status="ok")
 
 
-@get("/ready", tags=["health"], summary="Readiness: PostgreSQL and Redis answer")
+@get(
+    "/ready",
+    tags=["health"],
+    summary="Readiness: PostgreSQL and Redis answer",
+    responses={503: ResponseSpec(data_container=Readiness, description="PostgreSQL or Redis is down")},
+)
 async def ready(state: State) -> Response[Readiness]:
     postgres = await _probe(repo.ping(state.pool))
     redis = await _probe(state.redis.ping())

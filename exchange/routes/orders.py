@@ -62,7 +62,7 @@ async def trade_price(
     description="Fills at once at the cached live price (at most `TRADE_PRICE_MAX_AGE_MS` "
     "old). The fee is taken from the asset received. Answers the trade and the balances "
     "of both wallets right after it.",
-    responses=documented(400, 401, 404, 409, 413, 422, 503),
+    responses=documented(400, 401, 404, 409, 413, 415, 422, 503),
 )
 async def place_order(
     data: JSONBody[OrderRequest],

@@ -11,7 +11,7 @@ import msgspec
 from litestar import WebSocket, get, websocket
 from litestar.datastructures import State
 from litestar.exceptions import WebSocketDisconnect
-from litestar.params import PathParameter, QueryParameter
+from litestar.params import FromQuery, PathParameter, QueryParameter
 
 from exchange.errors import ErrorDetail, ExchangeError, documented
 from exchange.prices.cache import PriceCache
@@ -38,14 +38,28 @@ def market_symbol(symbol: str, cache: PriceCache) -> str:
     return name
 
 
+SYMBOLS_MAX_CHARS = 1_000
+SymbolsQuery = Annotated[
+    str | None,
+    QueryParameter(
+        description="Comma-separated symbols, e.g. `BTCUSDT,ETHUSDT` (default: every market); "
+        "at most WS_MAX_SYMBOLS of them.",
+        max_length=SYMBOLS_MAX_CHARS,
+    ),
+]
+
+
 @get(
     "/prices",
     tags=["prices"],
-    summary="Every market's price, with its age",
-    responses=documented(503),
+    summary="Every market's price, or those of `symbols`, with their age",
+    responses=documented(400, 404, 503),
 )
-async def list_prices(state: State) -> list[Price]:
-    return await state.prices.prices()
+async def list_prices(state: State, symbols: SymbolsQuery = None) -> list[Price]:
+    cache: PriceCache = state.prices
+    if symbols is None:
+        return await cache.prices()
+    return await cache.prices(_followed_symbols(symbols, cache, state.settings.ws_max_symbols))
 
 
 @get(
@@ -59,17 +73,8 @@ async def get_price(state: State, symbol: Annotated[str, PathParameter(descripti
     return await cache.price(market_symbol(symbol, cache))
 
 
-SymbolsQuery = Annotated[
-    str | None,
-    QueryParameter(
-        description="Comma-separated symbols to follow, e.g. `BTCUSDT,ETHUSDT` (default: every market).",
-        max_length=1_000,
-    ),
-]
-
-
 @websocket("/ws/prices", name="price_stream")
-async def price_stream(socket: WebSocket[Any, Any, State], symbols: SymbolsQuery = None) -> None:
+async def price_stream(socket: WebSocket[Any, Any, State], symbols: FromQuery[str | None] = None) -> None:
     """Live prices. After the current price of each symbol, every change is pushed as
     {"type": "price", ...}. A refused or dropped connection first gets
     {"type": "error", "error": {"code": ...}} and is then closed (see the README)."""
@@ -96,6 +101,13 @@ async def price_stream(socket: WebSocket[Any, Any, State], symbols: SymbolsQuery
 
 
 def _followed_symbols(raw: str | None, cache: PriceCache, max_symbols: int) -> list[str]:
+    # Checked here, not by the query parameter, so that a WebSocket gets the documented
+    # error message and close (a failed parameter refuses the handshake with a bare 403).
+    if raw is not None and len(raw) > SYMBOLS_MAX_CHARS:
+        message = f"symbols is longer than {SYMBOLS_MAX_CHARS} characters"
+        raise ExchangeError(
+            "validation_error", message, 400, {"field": "symbols", "max_length": SYMBOLS_MAX_CHARS}
+        )
     if raw is None or not raw.strip():
         names = list(cache.symbols)
     else:

@@ -71,7 +71,7 @@ async def get_wallet(asset: FromPath[str], request: Request[AuthUser, str, State
     "/wallets/{asset:str}/deposit",
     tags=["wallets"],
     summary="Deposit into a wallet",
-    responses=documented(400, 401, 404, 413, 422, 503),
+    responses=documented(400, 401, 404, 413, 415, 422, 503),
 )
 async def deposit(
     asset: FromPath[str],
@@ -88,7 +88,7 @@ async def deposit(
     "/wallets/{asset:str}/withdraw",
     tags=["wallets"],
     summary="Withdraw from a wallet",
-    responses=documented(400, 401, 404, 409, 413, 422, 503),
+    responses=documented(400, 401, 404, 409, 413, 415, 422, 503),
 )
 async def withdraw(
     asset: FromPath[str],
