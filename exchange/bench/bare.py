@@ -1,6 +1,11 @@
-"""The benchmark's HTTP + driver ceiling: a bare Litestar app whose one route runs
-`SELECT 1` through an asyncpg pool sized like the product's. Not a route of the product;
-`exchange bench --ceiling` serves it under the same uvicorn settings as `exchange serve`.
+"""The benchmark's ceilings over HTTP: a bare Litestar app, served like the product, with
+an asyncpg pool made like the product's (exchange/db.py). Not routes of the product;
+`exchange bench --ceiling` serves them under the same uvicorn settings as `exchange serve`.
+
+- GET /select1: runs `SELECT 1`, the HTTP + driver ceiling.
+- POST /deposit/{user_id}: calls the product's own deposit() function (1 USDT, a random
+  idempotency key) with no authentication, validation, logging or metrics around it:
+  the ceiling of a durable money movement through this framework and driver.
 
     python -m exchange.bench.bare --port 8001 --workers 2
 """
@@ -9,15 +14,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from decimal import Decimal
 
-import asyncpg
-from litestar import Litestar, get
+from litestar import Litestar, get, post
 from litestar.datastructures import State
 
+from exchange import repo
 from exchange.config import settings_from_env
+from exchange.db import create_pool
 from exchange.serving import run_uvicorn
+
+ONE = Decimal("1.00")
 
 
 @get("/select1")
@@ -25,20 +35,24 @@ async def select1(state: State) -> dict[str, int]:
     return {"one": await state.pool.fetchval("SELECT 1")}
 
 
+@post("/deposit/{user_id:int}", status_code=201)
+async def deposit(user_id: int, state: State) -> dict[str, str]:
+    transaction, _ = await repo.deposit(state.pool, user_id, "USDT", ONE, secrets.token_hex(8))
+    return {"id": str(transaction.id), "balance_after": str(transaction.balance_after)}
+
+
 def create_app() -> Litestar:
     settings = settings_from_env()
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        app.state.pool = await asyncpg.create_pool(
-            settings.database_url, min_size=settings.db_pool_min_size, max_size=settings.db_pool_max_size
-        )
+        app.state.pool = await create_pool(settings)
         try:
             yield
         finally:
             await app.state.pool.close()
 
-    return Litestar(route_handlers=[select1], lifespan=[lifespan], openapi_config=None)
+    return Litestar(route_handlers=[select1, deposit], lifespan=[lifespan], openapi_config=None)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 - pgbench's built-in tpcb-like transaction, with the benchmark's client count (scale 10);
 - one hot row: sql/bench/hot_row.sql's lock-update-insert function called by every
   pgbench client on the same row (the yardstick for the `hot` scenario);
-- a bare Litestar + asyncpg `SELECT 1` endpoint (exchange/bench/bare.py) served like the
-  product and driven by the same generator (the HTTP + driver ceiling).
+- a bare Litestar + asyncpg app (exchange/bench/bare.py) served like the product and
+  driven by the same generator: `SELECT 1` (the HTTP + driver ceiling) and a bare call
+  of the product's deposit() (the ceiling of a money movement through the same stack).
 
 pgbench runs in a scratch database that is dropped afterwards.
 """
@@ -25,6 +26,7 @@ import asyncpg
 from exchange.bench.load import Window, open_connections, run_load
 from exchange.bench.scenarios import Operation, User
 from exchange.bench.spawn import free_port, process, scratch_database, server_env
+from exchange.db import connect, migrate
 from exchange.queries import SQL_DIR
 
 PGBENCH_SCALE = 10
@@ -74,29 +76,52 @@ def _tps(output: str) -> float:
 SELECT1 = Operation(
     "select1", lambda _user, host, _run: f"GET /select1 HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
 )
+BARE_DEPOSIT = Operation(
+    "deposit",
+    lambda user, host, _run: (
+        f"POST /deposit/{user.id} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n".encode()
+    ),
+)
 
 
-async def bare_select1(
-    database_url: str, workers: int, connections: int, warmup: float, seconds: float, log_dir: Path
-) -> Window:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    args = [sys.executable, "-m", "exchange.bench.bare", "--port", str(port), "--workers", str(workers)]
-    env = server_env(DATABASE_URL=database_url)
-    async with process(args, env, log_dir / "bare.log", f"{url}/select1") as server_pid:
-        conns = await open_connections("127.0.0.1", port, connections)
+async def bare_endpoints(
+    server_url: str, workers: int, connections: int, warmup: float, seconds: float, log_dir: Path
+) -> dict[str, Window]:
+    """The bare app's two routes, one after the other, on a scratch database migrated
+    like the product's, with one user per connection for the deposits."""
+    async with scratch_database(server_url, f"exchange_bench_bare_{secrets.token_hex(4)}") as database_url:
+        await migrate(database_url)
+        conn = await connect(database_url)
         try:
-            nobody = [User("", "")]
-            return await run_load(
-                conns,
-                [nobody] * connections,
-                [SELECT1],
-                host=f"127.0.0.1:{port}",
-                run_id="",
-                warmup=warmup,
-                duration=seconds,
-                server_pid=server_pid,
+            user_ids = await conn.fetch(
+                "INSERT INTO users (email, password_hash) "
+                "SELECT 'bare-' || n || '@example.com', 'not a hash' FROM generate_series(1, $1) AS n "
+                "RETURNING id",
+                connections,
             )
         finally:
-            for conn in conns:
-                conn.close()
+            await conn.close()
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        args = [sys.executable, "-m", "exchange.bench.bare", "--port", str(port), "--workers", str(workers)]
+        env = server_env(DATABASE_URL=database_url)
+        async with process(args, env, log_dir / "bare.log", f"{url}/select1") as server_pid:
+            conns = await open_connections("127.0.0.1", port, connections)
+            users = [[User("", "", id=row["id"])] for row in user_ids]
+            try:
+                return {
+                    op.name: await run_load(
+                        conns,
+                        users,
+                        [op],
+                        host=f"127.0.0.1:{port}",
+                        run_id="",
+                        warmup=warmup,
+                        duration=seconds,
+                        server_pid=server_pid,
+                    )
+                    for op in (SELECT1, BARE_DEPOSIT)
+                }
+            finally:
+                for conn in conns:
+                    conn.close()

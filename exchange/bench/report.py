@@ -61,6 +61,7 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
     select1 = ceiling.get("select1", {}).get("requests_per_s")
     pgbench = ceiling.get("pgbench") if isinstance(ceiling.get("pgbench"), dict) else {}
     ratio("deposit/select1", rate.get("deposit"), select1)
+    ratio("deposit/bare_deposit", rate.get("deposit"), ceiling.get("bare_deposit", {}).get("requests_per_s"))
     ratio("trade/deposit", rate.get("trade"), rate.get("deposit"))
     ratio("hot/hot_row", rate.get("hot"), pgbench.get("hot_row"))
     for name, value in rate.items():
@@ -92,6 +93,11 @@ def table(results: dict[str, Any]) -> str:
     ceiling = results.get("ceiling") or {}
     if "select1" in ceiling:
         rows += _rows("ceiling", ceiling["select1"])
+    if "bare_deposit" in ceiling:
+        rows += [
+            (scenario, "bare deposit", *rest)
+            for scenario, _, *rest in _rows("ceiling", ceiling["bare_deposit"])
+        ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     # Names left-aligned, figures right-aligned.
     lines = [
@@ -102,8 +108,9 @@ def table(results: dict[str, Any]) -> str:
         for row in rows
     ]
     cpu_lines = [(name, summary.get("cpu_per_request")) for name, summary in results["scenarios"].items()]
-    if "select1" in ceiling:
-        cpu_lines.append(("select1", ceiling["select1"].get("cpu_per_request")))
+    for name in ("select1", "bare_deposit"):
+        if name in ceiling:
+            cpu_lines.append((f"bare {name.removeprefix('bare_')}", ceiling[name].get("cpu_per_request")))
     for name, use in cpu_lines:
         if use:
             groups = ", ".join(

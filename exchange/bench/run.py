@@ -252,10 +252,11 @@ async def run_audit(http: httpx.AsyncClient, admin: tuple[str, str] | None) -> d
 async def measure_ceiling(
     database_url: str, workers: int, args: argparse.Namespace, log_dir: Path
 ) -> dict[str, Any]:
-    window = await ceiling.bare_select1(
+    bare = await ceiling.bare_endpoints(
         database_url, workers, args.connections, args.warmup, args.duration, log_dir
     )
     return {
-        "select1": report.window_summary(window),
+        "select1": report.window_summary(bare["select1"]),
+        "bare_deposit": report.window_summary(bare["deposit"]),
         "pgbench": await ceiling.pgbench_rates(database_url, args.connections, args.duration),
     }

@@ -42,6 +42,7 @@ class User:
     expected: dict[str, Decimal] = field(default_factory=lambda: {QUOTE: Decimal(0), BASE: Decimal(0)})
     # A request got no answer: its effect is unknown, so this user's balances are not compared.
     uncertain: bool = False
+    id: int = 0  # known only to the ceiling's bare deposits
 
 
 class TradeAnswer(msgspec.Struct):
