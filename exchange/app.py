@@ -38,6 +38,7 @@ from exchange.routes import auth, health, orders, prices, transactions, users, w
 from exchange.routes.admin import admin_router
 from exchange.schemas import DecimalText, decimal_text
 from exchange.security import BearerAuthMiddleware, VerifiedTokens, hash_password
+from exchange.user_turns import UserTurns
 
 API_PREFIX = "/api/v1"
 REDIS_TIMEOUT_SECONDS = 2.0
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         )
         state.rate_limiter = RateLimiter(state.redis, settings.redis_prefix, limits_from(settings))
         state.verified_tokens = VerifiedTokens(settings)
+        state.user_turns = UserTurns(max_wait_ms=settings.db_lock_timeout_ms)
         state.denylist = Denylist(
             state.pool, state.redis, prefix=settings.redis_prefix, reload_ms=settings.auth_reload_ms
         )

@@ -104,3 +104,56 @@ async def test_a_wallet_locked_too_long_answers_503_and_the_retry_succeeds(
         assert retried.status_code == 201
         assert await balance(http, quentin) == "6.00"
     assert await audit(db) == []
+
+
+async def test_one_user_flooding_their_wallet_does_not_starve_other_users(
+    settings: Settings, db: asyncpg.Pool
+) -> None:
+    """A user's requests queue in the worker (exchange/user_turns.py), not on pooled
+    connections: with the user's wallet locked and ten of their deposits waiting, a
+    worker of three connections still serves another user at once."""
+    small = msgspec.structs.replace(
+        settings, db_pool_min_size=1, db_pool_max_size=3, db_lock_timeout_ms=5_000
+    )
+    async with running_server(small) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+        flooder, bystander = await register_and_login(http), await register_and_login(http)
+        assert (await move(http, flooder, "deposit", "1")).status_code == 201
+        async with db.acquire() as dba:
+            tx = dba.transaction()
+            await tx.start()
+            await dba.execute("SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE", flooder.id)
+            flood = [asyncio.create_task(move(http, flooder, "deposit", "1")) for _ in range(10)]
+            await asyncio.sleep(0.3)  # every one of them has reached the server
+            started = asyncio.get_running_loop().time()
+            answer = await move(http, bystander, "deposit", "5")
+            waited = asyncio.get_running_loop().time() - started
+            assert not any(task.done() for task in flood)  # still held by the row lock
+            await tx.rollback()
+        assert answer.status_code == 201 and waited < 2, (answer.status_code, waited)
+        assert [a.status_code for a in await asyncio.gather(*flood)] == [201] * 10
+        assert await balance(http, flooder) == "11.00"
+    assert await audit(db) == []
+
+
+async def test_requests_queued_behind_a_locked_wallet_give_up_after_the_lock_timeout(
+    settings: Settings, db: asyncpg.Pool
+) -> None:
+    """The wait for the user's turn is bounded like the wait for the row lock: 503, safe
+    to retry, nothing written."""
+    impatient = msgspec.structs.replace(settings, db_lock_timeout_ms=300)
+    async with running_server(impatient) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+        rupert = await register_and_login(http)
+        assert (await move(http, rupert, "deposit", "1")).status_code == 201
+        before = await ledger_counts(db)
+        async with db.acquire() as dba, dba.transaction():
+            await dba.execute("SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE", rupert.id)
+            started = asyncio.get_running_loop().time()
+            answers = await asyncio.gather(*(move(http, rupert, "deposit", "1") for _ in range(4)))
+            waited = asyncio.get_running_loop().time() - started
+        assert [(a.status_code, a.json()["error"]["code"]) for a in answers] == [
+            (503, "service_unavailable")
+        ] * 4
+        assert all(a.headers["retry-after"] == "1" for a in answers)
+        assert waited < 3  # each gave up after ~0.3 s, not after the ones before it
+        assert await ledger_counts(db) == before
+        assert await balance(http, rupert) == "1.00"

@@ -75,25 +75,27 @@ async def place_order(
     quantity, quote_quantity = data.checked_quantities()
     symbol = data.symbol.upper()
     max_age_ms = state.settings.trade_price_max_age_ms
-    price = await trade_price(state.prices, state.price_stream.latest, symbol, max_age_ms)
-    read_at = time.monotonic()
-    async with state.pool.acquire() as connection:
-        # What is left of the price's validity for the lock wait (checked in SQL); zero
-        # or less refuses it there, unless the order replays an earlier one.
-        waited_ms = math.ceil((time.monotonic() - read_at) * 1000)
-        trade, replayed = await repo.trade(
-            connection,
-            data.side,
-            request.user.id,
-            symbol,
-            quantity,
-            quote_quantity,
-            guard,
-            None if price is None else price.price,
-            None if price is None else price.fetched_at,
-            None if price is None else max_age_ms - price.age_ms - waited_ms,
-            idempotency_key,
-        )
+    # The price is read once it is this order's turn, so waiting for it does not age it.
+    async with state.user_turns.turn(request.user.id):
+        price = await trade_price(state.prices, state.price_stream.latest, symbol, max_age_ms)
+        read_at = time.monotonic()
+        async with state.pool.acquire() as connection:
+            # What is left of the price's validity for the lock wait (checked in SQL); zero
+            # or less refuses it there, unless the order replays an earlier one.
+            waited_ms = math.ceil((time.monotonic() - read_at) * 1000)
+            trade, replayed = await repo.trade(
+                connection,
+                data.side,
+                request.user.id,
+                symbol,
+                quantity,
+                quote_quantity,
+                guard,
+                None if price is None else price.price,
+                None if price is None else price.fetched_at,
+                None if price is None else max_age_ms - price.age_ms - waited_ms,
+                idempotency_key,
+            )
     # Both balances as the trade left them (stored on it, so a replay answers the same).
     wallets = [
         Wallet(asset=trade.asset, balance=trade.balance_after),

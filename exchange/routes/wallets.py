@@ -109,8 +109,8 @@ async def _move(
     request: Request[AuthUser, str, State],
     state: State,
 ) -> Response[Transaction]:
-    transaction, replayed = await movement(
-        state.pool, request.user.id, asset_code(asset), data.checked_amount(), idempotency_key
-    )
+    code, amount = asset_code(asset), data.checked_amount()
+    async with state.user_turns.turn(request.user.id):
+        transaction, replayed = await movement(state.pool, request.user.id, code, amount, idempotency_key)
     headers = {"Idempotency-Replayed": "true"} if replayed else None
     return Response(transaction, status_code=201, headers=headers)
