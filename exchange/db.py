@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -38,8 +42,47 @@ async def _keep_session(_: asyncpg.Connection) -> None:
     on pooled connections)."""
 
 
-async def create_pool(settings: Settings) -> asyncpg.Pool:
-    return await asyncpg.create_pool(
+class FairPool:
+    """asyncpg's pool, with waiting requests served first come, first served.
+
+    asyncpg hands a freed connection to whichever request asks next, one that has just
+    arrived included, so under load a request can lose its turn many times: with 64
+    clients on a pool of 10, deposits' p99 was ~6x their p50 under `exchange bench`.
+    A fair semaphore in front (asyncio's lets no newcomer past a waiter) keeps the queue
+    in arrival order.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, size: int) -> None:
+        self.pool = pool
+        self._turns = asyncio.Semaphore(size)
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self._turns, self.pool.acquire() as connection:
+            yield connection
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        async with self.acquire() as connection:
+            return await connection.fetch(query, *args)
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        async with self.acquire() as connection:
+            return await connection.fetchrow(query, *args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        async with self.acquire() as connection:
+            return await connection.fetchval(query, *args)
+
+    async def execute(self, query: str, *args: Any) -> str:
+        async with self.acquire() as connection:
+            return await connection.execute(query, *args)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+async def create_pool(settings: Settings) -> FairPool:
+    pool = await asyncpg.create_pool(
         settings.database_url,
         min_size=settings.db_pool_min_size,
         max_size=settings.db_pool_max_size,
@@ -54,6 +97,7 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
         command_timeout=(settings.db_statement_timeout_ms + CLIENT_TIMEOUT_MARGIN_MS) / 1000,
         timeout=CONNECT_TIMEOUT_SECONDS,
     )
+    return FairPool(pool, settings.db_pool_max_size)
 
 
 async def connect(database_url: str) -> asyncpg.Connection:

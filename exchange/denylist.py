@@ -57,7 +57,7 @@ _decode = msgspec.json.Decoder(Change).decode
 
 
 class Denylist:
-    def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis, *, prefix: str, reload_ms: int) -> None:
+    def __init__(self, pool: repo.Pool, redis: aioredis.Redis, *, prefix: str, reload_ms: int) -> None:
         self._pool = pool
         self._redis = redis
         self._revoked_key = f"{prefix}auth:revoked"

@@ -13,12 +13,13 @@ from typing import Any, Literal
 import asyncpg
 import msgspec
 
+from exchange.db import FairPool
 from exchange.queries import Q
 from exchange.schemas import HouseBalance, Transaction, User, Violation, Wallet
 
-Pool = asyncpg.Pool
+Pool = FairPool
 # Where a function also serves the CLI, a single connection does as well as the pool.
-Executor = asyncpg.Pool | asyncpg.Connection
+Executor = FairPool | asyncpg.Connection
 
 
 class Credentials(msgspec.Struct):
