@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import socket
 import statistics
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -24,6 +23,7 @@ import pytest
 import redis.asyncio as aioredis
 from conftest import TEST_PASSWORD, Account, login, move, register_and_login, serving
 from litestar import Litestar
+from private_servers import PrivateRedis, private_redis
 
 from exchange import repo
 from exchange.app import create_app
@@ -92,58 +92,6 @@ async def status_within(
             return elapsed
         assert elapsed < seconds, f"still {answer.status_code} after {elapsed:.2f} s: {answer.text}"
         await asyncio.sleep(0.02)
-
-
-class PrivateRedis:
-    """A redis-server of this test's own, which it may stop (never the shared one)."""
-
-    def __init__(self, process: asyncio.subprocess.Process, port: int) -> None:
-        self.process = process
-        self.url = f"redis://127.0.0.1:{port}/0"
-
-    async def stop(self) -> None:
-        if self.process.returncode is None:
-            self.process.terminate()
-            await self.process.wait()
-
-
-@pytest.fixture
-async def free_redis() -> AsyncIterator[Callable[[], Awaitable[PrivateRedis]]]:
-    started: list[PrivateRedis] = []
-
-    async def start() -> PrivateRedis:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        process = await asyncio.create_subprocess_exec(
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            stdout=asyncio.subprocess.DEVNULL,
-        )
-        server = PrivateRedis(process, port)
-        started.append(server)
-        async with aioredis.from_url(server.url) as redis:
-            for _ in range(100):
-                try:
-                    await redis.ping()
-                    return server
-                except (OSError, aioredis.RedisError):
-                    await asyncio.sleep(0.05)
-        raise RuntimeError("the private redis-server did not start")
-
-    yield start
-    for server in started:
-        await server.stop()
-
-
-# Rate limits ----------------------------------------------------------------------------
 
 
 async def test_login_is_limited_per_email_whatever_the_ip(
@@ -320,10 +268,15 @@ async def test_a_dba_disabling_in_psql_takes_effect_within_the_reload_bound(
 async def test_with_redis_down_the_last_known_sets_hold_and_login_fails_open(
     settings: Settings,
     db: asyncpg.Pool,
-    free_redis: Callable[[], Awaitable[PrivateRedis]],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    redis = await free_redis()
+    async with private_redis() as redis:
+        await _last_known_sets_hold(settings, db, redis, caplog)
+
+
+async def _last_known_sets_hold(
+    settings: Settings, db: asyncpg.Pool, redis: PrivateRedis, caplog: pytest.LogCaptureFixture
+) -> None:
     overrides = {
         "redis_url": redis.url,
         "auth_reload_ms": 200,
@@ -370,10 +323,14 @@ async def test_with_redis_down_the_last_known_sets_hold_and_login_fails_open(
 
 
 async def test_authenticated_requests_send_nothing_to_redis(
-    settings: Settings, free_redis: Callable[[], Awaitable[PrivateRedis]]
+    settings: Settings,
 ) -> None:
     """The revoked/disabled check is in memory: the hot path stays one database call."""
-    redis = await free_redis()
+    async with private_redis() as redis:
+        await _nothing_sent_to_redis(settings, redis)
+
+
+async def _nothing_sent_to_redis(settings: Settings, redis: PrivateRedis) -> None:
     overrides = {"redis_url": redis.url, "price_poll_ms": 0, "auth_reload_ms": 600_000}
     async with own_server(settings, **overrides) as (app, http), aioredis.from_url(redis.url) as probe:
         account = await register_and_login(http)
