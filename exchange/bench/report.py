@@ -35,9 +35,14 @@ def op_summary(stats: OpStats, seconds: float) -> dict[str, Any]:
 def window_summary(window: Window) -> dict[str, Any]:
     ops = {name: op_summary(stats, window.seconds) for name, stats in window.ops.items()}
     answered = sum(len(s.latencies_ns) + sum(s.errors.values()) for s in window.ops.values())
+    every = sorted(ns for stats in window.ops.values() for ns in stats.latencies_ns)
     return {
         "seconds": round(window.seconds, 2),
         "requests_per_s": round(sum(op["requests_per_s"] for op in ops.values()), 1),
+        # Over every operation of the scenario together.
+        "p50_ms": round(percentile(every, 0.50), 2),
+        "p95_ms": round(percentile(every, 0.95), 2),
+        "p99_ms": round(percentile(every, 0.99), 2),
         # CPU seconds the generator spent per wall second: 1.0 is one whole core.
         "generator_cpu": round(window.cpu_seconds / window.seconds, 3) if window.seconds else 0.0,
         # µs of CPU per request by process group, and the machine's busy share.
@@ -153,17 +158,7 @@ def _rows(scenario: str, summary: dict[str, Any]) -> list[tuple[str, ...]]:
              f"{op['p99_ms']:.2f}", f"{op['max_ms']:.1f}", f"{summary['generator_cpu']:.0%}", errors)
         )  # fmt: skip
     if len(ops) > 1:
-        out.append(
-            (
-                scenario,
-                "all",
-                f"{summary['requests_per_s']:,.0f}",
-                "",
-                "",
-                "",
-                "",
-                f"{summary['generator_cpu']:.0%}",
-                "",
-            )
-        )
+        latency = [f"{summary[key]:.2f}" for key in ("p50_ms", "p95_ms", "p99_ms")]
+        rate, cpu = f"{summary['requests_per_s']:,.0f}", f"{summary['generator_cpu']:.0%}"
+        out.append((scenario, "all", rate, *latency, "", cpu, ""))
     return out
