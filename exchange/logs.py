@@ -50,7 +50,7 @@ class JsonFormatter(logging.Formatter):
             line["exc"] = record.exc_text
         return _encode(line).decode()
 
-    def _timestamp(self, created: float) -> str:
+    def _timestamp(self, created: float) -> str:  # float-ok: a time
         # strftime once per second; a log line per request must stay cheap.
         second = int(created)
         if second != self._second:

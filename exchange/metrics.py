@@ -86,7 +86,12 @@ def route_name(path_template: str | None) -> str:
     return name
 
 
-def observe_request(path_template: str | None, method: str, status: int, seconds: float) -> None:
+def observe_request(
+    path_template: str | None,
+    method: str,
+    status: int,
+    seconds: float,  # float-ok: a duration
+) -> None:
     key = (path_template, method, status)
     children = _request_children.get(key)
     if children is None:

@@ -33,7 +33,11 @@ PGBENCH_SCALE = 10
 _TPS = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
 
 
-async def pgbench_rates(server_url: str, clients: int, seconds: float) -> dict[str, float] | str:
+async def pgbench_rates(
+    server_url: str,
+    clients: int,
+    seconds: float,  # float-ok
+) -> dict[str, float] | str:  # float-ok: time or rate, not money
     """{"tpcb_like": tps, "hot_row": tps}, or why they could not be measured."""
     pgbench = shutil.which("pgbench")
     if pgbench is None:
@@ -66,11 +70,11 @@ async def _pgbench(*args: str) -> str:
     return text
 
 
-def _tps(output: str) -> float:
+def _tps(output: str) -> float:  # float-ok: time or rate, not money
     match = _TPS.search(output)
     if match is None:
         raise SystemExit(f"no tps in pgbench's output:\n{output[-2000:]}")
-    return float(match.group(1))
+    return float(match.group(1))  # float-ok: time or rate, not money
 
 
 SELECT1 = Operation(
@@ -85,7 +89,12 @@ BARE_DEPOSIT = Operation(
 
 
 async def bare_endpoints(
-    server_url: str, workers: int, connections: int, warmup: float, seconds: float, log_dir: Path
+    server_url: str,
+    workers: int,
+    connections: int,
+    warmup: float,  # float-ok
+    seconds: float,  # float-ok
+    log_dir: Path,  # float-ok: time or rate, not money
 ) -> dict[str, Window]:
     """The bare app's two routes, one after the other, on a scratch database migrated
     like the product's, with one user per connection for the deposits."""

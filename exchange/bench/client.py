@@ -96,15 +96,3 @@ def host_port(url: str) -> tuple[str, int]:
     if parts.scheme != "http" or not parts.hostname:
         raise SystemExit(f"the benchmark speaks plain HTTP: {url!r} is not an http:// URL")
     return parts.hostname, parts.port or 80
-
-
-def request_bytes(
-    method: str, path: str, host: str, body: bytes = b"", headers: dict[str, str] | None = None
-) -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}"]
-    for name, value in (headers or {}).items():
-        lines.append(f"{name}: {value}")
-    if body or method in ("POST", "PUT", "PATCH"):
-        lines.append("Content-Type: application/json")
-        lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body

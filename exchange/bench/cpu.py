@@ -57,14 +57,17 @@ def _descends(pid: int, ancestor: int, parents: dict[int, int]) -> bool:
     return False
 
 
-def _machine_busy_seconds() -> float:
+def _machine_busy_seconds() -> float:  # float-ok: CPU seconds
     # cpu  user nice system idle iowait irq softirq steal ...: busy is all but idle+iowait.
     values = [int(v) for v in (PROC / "stat").read_text().split("\n", 1)[0].split()[1:]]
     return (sum(values) - values[3] - values[4]) / TICKS
 
 
 def per_request(
-    before: dict[str, float], after: dict[str, float], requests: int, seconds: float
+    before: dict[str, float],
+    after: dict[str, float],
+    requests: int,
+    seconds: float,  # float-ok: time or rate, not money
 ) -> dict[str, float]:
     """µs of CPU per request for each group, and how busy the whole machine was (0-1)."""
     if not before or not requests or not seconds:

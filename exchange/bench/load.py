@@ -23,8 +23,8 @@ class OpStats:
 class Window:
     """What one scenario's measured window recorded."""
 
-    seconds: float = 0.0
-    cpu_seconds: float = 0.0
+    seconds: float = 0.0  # float-ok: time or rate, not money
+    cpu_seconds: float = 0.0  # float-ok: time or rate, not money
     ops: dict[str, OpStats] = field(default_factory=dict)
     # CPU seconds by process group at the window's start and end (bench/cpu.py).
     cpu_start: dict[str, float] = field(default_factory=dict)
@@ -38,8 +38,8 @@ async def run_load(
     *,
     host: str,
     run_id: str,
-    warmup: float,
-    duration: float,
+    warmup: float,  # float-ok: time or rate, not money
+    duration: float,  # float-ok: time or rate, not money
     server_pid: int | None = None,
 ) -> Window:
     window = Window(ops={op.name: OpStats() for op in operations})

@@ -11,7 +11,7 @@ from exchange.bench import cpu
 from exchange.bench.load import OpStats, Window
 
 
-def percentile(sorted_ns: list[int], fraction: float) -> float:
+def percentile(sorted_ns: list[int], fraction: float) -> float:  # float-ok: latency
     """Nearest-rank percentile, in milliseconds."""
     if not sorted_ns:
         return 0.0
@@ -19,7 +19,7 @@ def percentile(sorted_ns: list[int], fraction: float) -> float:
     return sorted_ns[rank] / 1e6
 
 
-def op_summary(stats: OpStats, seconds: float) -> dict[str, Any]:
+def op_summary(stats: OpStats, seconds: float) -> dict[str, Any]:  # float-ok: a duration
     latencies = sorted(stats.latencies_ns)
     return {
         "requests_per_s": round(len(latencies) / seconds, 1) if seconds else 0.0,
@@ -59,7 +59,7 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
     rate = {name: s["requests_per_s"] for name, s in scenarios.items()}
     out: dict[str, float] = {}
 
-    def ratio(name: str, numerator: float | None, denominator: float | None) -> None:
+    def ratio(name: str, numerator: float | None, denominator: float | None) -> None:  # float-ok: rates
         if numerator is not None and denominator:
             out[name] = round(numerator / denominator, 3)
 

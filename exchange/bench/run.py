@@ -163,7 +163,7 @@ async def set_up_users(
     users = [User(f"bench-{run}-{i}@example.com", secrets.token_urlsafe(12)) for i in range(count)]
     gate = asyncio.Semaphore(concurrency)
 
-    async def each(step: Any) -> float:
+    async def each(step: Any) -> float:  # float-ok: time or rate, not money
         async def guarded(user: User) -> None:
             async with gate:
                 await step(user)
