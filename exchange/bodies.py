@@ -53,6 +53,8 @@ class ExchangeRequest(Request):
             raise malformed_body("it is not UTF-8") from None
         except RecursionError:
             raise malformed_body("it is nested too deeply") from None
+        except ArithmeticError:  # decimal.InvalidOperation: 1e-9999999999999999999
+            raise malformed_body("a number's exponent is out of range") from None
         return self._json
 
 

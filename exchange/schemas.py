@@ -50,10 +50,13 @@ class DecimalText(Decimal):
 
 def decimal_text(value: object) -> DecimalText:
     """msgspec decoding hook for DecimalText; a ValueError becomes a 400 naming the field."""
-    if isinstance(value, str) and _DECIMAL.fullmatch(value):
-        return DecimalText(value)
-    if isinstance(value, Decimal | int) and not isinstance(value, bool):
-        return DecimalText(value)
+    try:
+        if isinstance(value, str) and _DECIMAL.fullmatch(value):
+            return DecimalText(value)
+        if isinstance(value, Decimal | int) and not isinstance(value, bool):
+            return DecimalText(value)
+    except ArithmeticError:  # decimal.InvalidOperation: an exponent beyond ±999999999999999999
+        raise ValueError("the number's exponent is out of range") from None
     raise ValueError('Expected a decimal number as a string, e.g. "100.50"')
 
 

@@ -161,6 +161,9 @@ MALFORMED = [
     pytest.param(b'{"amount": Infinity}', id="bare-infinity"),
     pytest.param(b"{'amount': '1'}", id="single-quotes"),
     pytest.param(b'{"amount": "1",}', id="trailing-comma"),
+    # A number Decimal cannot hold (its exponent past ±999999999999999999).
+    pytest.param(b'{"amount": 1e-9999999999999999999}', id="number-exponent-past-decimal"),
+    pytest.param(b'{"email": 1E99999999999999999999}', id="number-anywhere-in-the-body"),
 ]
 
 
@@ -186,6 +189,7 @@ AMOUNTS = [
     pytest.param('"\u0661"'.encode(), 400, "validation_error", id="arabic-digit"),
     pytest.param(b'"inf"', 400, "validation_error", id="inf-lowercase"),
     pytest.param(b'"0x10"', 400, "validation_error", id="hex"),
+    pytest.param(b'"1E99999999999999999999"', 400, "validation_error", id="string-exponent-past-decimal"),
     pytest.param(b'{"value": "1"}', 400, "validation_error", id="object"),
 ]
 
