@@ -114,6 +114,21 @@ async def test_login_is_limited_per_email_whatever_the_ip(
         assert (await try_login(http, other.email, TEST_PASSWORD, ip="10.1.0.0")).status_code == 200
 
 
+async def test_other_spellings_of_an_email_share_its_login_limit(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    # PostgreSQL's lower() finds this account for "İ" as for "i"; Python's does not.
+    account = await register_and_login(client, f"limit-{secrets.token_hex(4)}-iii@example.com")
+    spellings = [account.email.replace("-iii@", f"-{s}@") for s in ("İii", "iİi", "iiİ", "İİİ")]
+    limits = {"login_limit_per_email": 3, "login_limit_per_ip": 0, "login_window_seconds": 60}
+    async with own_server(settings, redis_prefix=private_prefix(settings), **limits) as (_, http):
+        for n in range(3):
+            wrong = await try_login(http, account.email, "wrong password", ip=f"10.4.0.{n}")
+            assert code_of(wrong) == (401, "invalid_credentials")
+        for spelling in spellings:
+            assert code_of(await try_login(http, spelling, "wrong password")) == (429, "rate_limited")
+
+
 async def test_login_is_limited_per_ip_whatever_the_email(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
