@@ -79,8 +79,11 @@ async def run_load(
                     op.apply(user, body)
                 if recording:
                     window.ops[op.name].latencies_ns.append(elapsed)
-            elif recording:
-                window.ops[op.name].errors[error_code(status, body)] += 1
+            else:
+                if status >= 500 and op.apply is not None:
+                    user.uncertain = True  # a 503 may follow a COMMIT (README: Faults)
+                if recording:
+                    window.ops[op.name].errors[error_code(status, body)] += 1
 
     tasks = [
         worker(conn, users, n * 7)

@@ -5,8 +5,10 @@ account for the audit. Everything is removed at the end."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -79,12 +81,18 @@ async def process(args: list[str], env: dict[str, str], log: Path, ready_url: st
         await _wait_ready(proc, ready_url, log)
         yield proc.pid
     finally:
-        proc.terminate()
+        # The whole group: uvicorn's workers too, if the parent has to be killed.
+        _signal_group(proc, signal.SIGTERM)
         try:
             await asyncio.to_thread(proc.wait, 15)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            _signal_group(proc, signal.SIGKILL)
             await asyncio.to_thread(proc.wait)
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
 
 
 async def _wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:

@@ -40,11 +40,9 @@ async def trade_price(
     First this worker's copy of the latest published quote (kept current by the price
     channel, so the common case costs no Redis round trip), used while the cache would
     call it fresh; else the cache, which reads Redis and refreshes if needed."""
-    quote = latest.get(symbol)
-    if quote is not None:
-        price = as_price(quote, cache.fresh_ms)
-        if not price.stale:
-            return price
+    price = published_price(latest, symbol, cache.fresh_ms)
+    if price is not None:
+        return price
     if symbol not in cache.symbols:
         return None  # unknown market (SQL says so) or one added since this worker started
     try:
@@ -53,6 +51,15 @@ async def trade_price(
         log.debug("no price for %s: %s", symbol, exc.reason)  # the cache logs the outage itself
         return None
     return price if price.age_ms <= max_age_ms else None
+
+
+def published_price(latest: Mapping[str, Quote], symbol: str, fresh_ms: int) -> Price | None:
+    """This worker's copy of the symbol's last published quote, if still fresh (no I/O)."""
+    quote = latest.get(symbol)
+    if quote is None:
+        return None
+    price = as_price(quote, fresh_ms)
+    return None if price.stale else price
 
 
 @post(
@@ -75,13 +82,20 @@ async def place_order(
     quantity, quote_quantity = data.checked_quantities()
     symbol = data.symbol.upper()
     max_age_ms = state.settings.trade_price_max_age_ms
-    # The price is read once it is this order's turn, so waiting for it does not age it.
+    # Read before taking the user's turn: on a cache miss this may wait for Binance, and
+    # the user's other movements must not wait behind that.
+    latest = state.price_stream.latest
+    price = await trade_price(state.prices, latest, symbol, max_age_ms)
+    read_at = time.monotonic()
     async with state.user_turns.turn(request.user.id):
-        price = await trade_price(state.prices, state.price_stream.latest, symbol, max_age_ms)
-        read_at = time.monotonic()
+        # A newer publication may have come while this order waited for its turn.
+        published = published_price(latest, symbol, state.prices.fresh_ms)
+        if published is not None and (price is None or published.fetched_at > price.fetched_at):
+            price, read_at = published, time.monotonic()
         async with state.pool.acquire() as connection:
-            # What is left of the price's validity for the lock wait (checked in SQL); zero
-            # or less refuses it there, unless the order replays an earlier one.
+            # What is left of the price's validity after the waits for the turn and the
+            # connection, for the lock wait (checked in SQL); zero or less refuses it
+            # there, unless the order replays an earlier one.
             waited_ms = math.ceil((time.monotonic() - read_at) * 1000)
             trade, replayed = await repo.trade(
                 connection,
