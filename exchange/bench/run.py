@@ -118,7 +118,9 @@ async def bench(settings: Settings, args: argparse.Namespace, scenarios: list[st
                 "warmup_s": args.warmup,
             },
         }
-        limits = httpx.Limits(max_connections=args.connections)
+        # Idle connections are dropped before uvicorn's 5 s keep-alive timeout closes them
+        # under a request (an httpx.ReadError between set-up steps).
+        limits = httpx.Limits(max_connections=args.connections, keepalive_expiry=2.0)
         async with httpx.AsyncClient(base_url=url, limits=limits, timeout=SETUP_TIMEOUT_SECONDS) as http:
             users, setup = await set_up_users(http, args.users, args.connections)
             results["setup"] = {**setup, "bcrypt_rounds": bcrypt_rounds}
