@@ -22,3 +22,10 @@ def listening_socket(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (for servers started by the benchmark and the tests)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])

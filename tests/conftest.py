@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -30,7 +29,7 @@ from litestar.types import ASGIApp
 from exchange import repo
 from exchange.app import create_app
 from exchange.config import Settings, settings_from_env
-from exchange.db import SCHEMA, migrate
+from exchange.db import SCHEMA, migrate, scratch_database
 from exchange.fake_binance import create_fake_binance
 from exchange.schemas import Violation
 from exchange.sockets import listening_socket
@@ -38,11 +37,6 @@ from exchange.sockets import listening_socket
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 TEST_PASSWORD = "correct horse battery"
-
-
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
 
 
 async def _postgres_answers(url: str) -> bool:
@@ -98,19 +92,10 @@ async def service_urls() -> AsyncIterator[tuple[str, str]]:
 @asynccontextmanager
 async def fresh_database(server_url: str, migrated: bool = True) -> AsyncIterator[str]:
     """A new database on the server (migrated unless told not to); dropped on exit."""
-    name = f"exchange_test_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        url = with_database(server_url, name)
-        try:
-            if migrated:
-                await migrate(url)
-            yield url
-        finally:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with scratch_database(server_url, f"exchange_test_{secrets.token_hex(6)}") as url:
+        if migrated:
+            await migrate(url)
+        yield url
 
 
 @pytest.fixture(scope="session")

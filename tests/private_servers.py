@@ -14,7 +14,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,13 +23,9 @@ from pathlib import Path
 import asyncpg
 import redis.asyncio as aioredis
 
+from exchange.sockets import free_port
+
 START_TIMEOUT_SECONDS = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def wait_until(check: object, what: str, timeout_seconds: float = START_TIMEOUT_SECONDS) -> None:

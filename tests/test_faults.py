@@ -41,7 +41,7 @@ from conftest import (
     register_and_login,
     serving,
 )
-from private_servers import PrivatePostgres, free_port, private_postgres, private_redis
+from private_servers import PrivatePostgres, private_postgres, private_redis
 from test_trading import error_of, exchange_server, wallet_deltas
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -49,6 +49,7 @@ from exchange import repo
 from exchange.app import create_app
 from exchange.config import Settings
 from exchange.db import SCHEMA
+from exchange.sockets import free_port
 
 # A request that takes longer than this has hung: the test fails.
 REQUEST_TIMEOUT_SECONDS = 15.0

@@ -9,7 +9,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ from websockets.asyncio.client import connect
 from exchange.config import Settings
 from exchange.logs import REQUEST_ID, JsonFormatter
 from exchange.metrics_dir import VARIABLE, metrics_directory
+from exchange.sockets import free_port
 
 LogLines = Callable[[], list[dict[str, Any]]]
 Metrics = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -281,12 +281,6 @@ def test_serve_empties_a_given_metrics_directory_and_removes_its_own(tmp_path: P
             os.environ[VARIABLE] = saved
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class ServerProcess:
     """`exchange serve` as a real process; its stderr read line by line as it comes."""
 
@@ -318,7 +312,7 @@ class ServerProcess:
 async def exchange_serve(
     database_url: str, redis_url: str, workers: int
 ) -> AsyncIterator[tuple[str, ServerProcess]]:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in (VARIABLE, "LOG_FORMAT")}  # the defaults
     env |= {
         "DATABASE_URL": database_url,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,12 +16,7 @@ from conftest import TEST_PASSWORD, fresh_database, running_server
 
 from exchange.config import Settings, settings_from_env
 from exchange.db import migrate, migration_files
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from exchange.sockets import free_port
 
 
 async def test_concurrent_migrations_apply_each_file_once(service_urls: tuple[str, str]) -> None:
@@ -37,7 +31,7 @@ async def test_exchange_serve_migrates_an_empty_database_then_serves_offline(
     service_urls: tuple[str, str],
 ) -> None:
     async with fresh_database(service_urls[0], migrated=False) as url:
-        port = _free_port()
+        port = free_port()
         env = {
             **os.environ,
             "DATABASE_URL": url,

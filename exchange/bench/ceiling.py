@@ -25,9 +25,10 @@ import asyncpg
 
 from exchange.bench.load import Window, open_connections, run_load
 from exchange.bench.scenarios import Operation, User
-from exchange.bench.spawn import free_port, process, scratch_database, server_env
-from exchange.db import connect, migrate
+from exchange.bench.spawn import process, server_env
+from exchange.db import connect, migrate, scratch_database
 from exchange.queries import SQL_DIR
+from exchange.sockets import free_port
 
 PGBENCH_SCALE = 10
 _TPS = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")

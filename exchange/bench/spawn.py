@@ -9,7 +9,6 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,15 +16,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import httpx
 
 from exchange import repo
 from exchange.config import Settings
-from exchange.db import connect, migrate
+from exchange.db import connect, migrate, scratch_database
 from exchange.security import hash_password
+from exchange.sockets import free_port
 
 ADMIN_EMAIL = "bench-admin@example.com"
 START_TIMEOUT_SECONDS = 60
@@ -38,34 +36,6 @@ class Spawned:
     admin_email: str
     admin_password: str
     server_pid: int
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
-@asynccontextmanager
-async def scratch_database(server_url: str, name: str) -> AsyncIterator[str]:
-    """A new database on the server of `server_url`, dropped afterwards."""
-    admin = await asyncpg.connect(server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield with_database(server_url, name)
-    finally:
-        admin = await asyncpg.connect(server_url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 @asynccontextmanager
