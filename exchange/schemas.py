@@ -36,7 +36,9 @@ IDEMPOTENCY_KEY_PATTERN = rf"^[\x21-\x7e]{{1,100}}{END}"
 AMOUNT_MAX_DIGITS = 40
 # A decimal number as a string: digits with an optional fraction and exponent. NaN and
 # Infinity parse too, and are refused as invalid_amount (422) like any non-positive one.
-DECIMAL_PATTERN = r"^[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|NaN|sNaN|Infinity)$"
+# The exponent has at most 9 digits: Decimal cannot hold one past ±999999999999999999,
+# and any value this allows is then refused or accepted by the amount rules (422).
+DECIMAL_PATTERN = r"^[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,9})?|NaN|sNaN|Infinity)$"
 _DECIMAL = re.compile(DECIMAL_PATTERN)
 
 
