@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from decimal import Decimal
 
 import asyncpg
 from conftest import fresh_database
@@ -103,6 +104,43 @@ async def test_an_asset_added_by_a_dba_gets_its_house_accounts(service_urls: tup
             )
             moved = await conn.fetchrow("SELECT * FROM deposit($1, 'DOGE', 42, 'k1')", user_id)
             assert moved["balance_after"] == 42
+            assert await repo.audit(conn) == []
+        finally:
+            await conn.close()
+
+
+async def test_a_market_added_by_a_dba_trades_against_its_own_house_accounts(
+    service_urls: tuple[str, str],
+) -> None:
+    async with fresh_database(service_urls[0]) as url:
+        conn = await asyncpg.connect(url, server_settings={"search_path": SCHEMA})
+        try:
+            await conn.execute("INSERT INTO assets (code, scale, max_amount) VALUES ('DOGE', 8, 1000000000)")
+            await conn.execute(
+                "INSERT INTO markets (symbol, base, quote, qty_step, min_qty, max_qty, tick_size,"
+                " min_notional, fee_rate)"
+                " VALUES ('DOGEUSDT', 'DOGE', 'USDT', 1, 1, 1000000, 0.00001, 5, 0.001)"
+            )
+            user_id = await conn.fetchval(
+                "INSERT INTO users (email, password_hash) VALUES ('d@o.ge', 'x') RETURNING id"
+            )
+            await conn.execute("SELECT deposit($1, 'USDT', 100, 'k1')", user_id)
+            bought = await conn.fetchrow(
+                "SELECT * FROM buy($1, 'DOGEUSDT', 100, NULL, NULL, 0.25, now(), NULL, 'k2')", user_id
+            )
+            assert (bought["amount"], bought["quote_qty"], bought["fee"]) == (100, 25, Decimal("0.1"))
+
+            # The DOGE legs went to DOGE's own market and fees accounts, USDT's to USDT's.
+            house = await conn.fetch(
+                "SELECT a.kind, a.asset, e.amount FROM entries AS e JOIN accounts AS a ON a.id = e.account_id"
+                " WHERE e.transaction_id = $1 AND a.user_id IS NULL ORDER BY a.asset, a.kind",
+                bought["id"],
+            )
+            assert [(row["kind"], row["asset"], row["amount"]) for row in house] == [
+                ("fees", "DOGE", Decimal("0.1")),
+                ("market", "DOGE", -100),
+                ("market", "USDT", 25),
+            ]
             assert await repo.audit(conn) == []
         finally:
             await conn.close()
