@@ -7,7 +7,10 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 import httpx
-from conftest import Account, audit, balance, key, move
+from conftest import Account, audit, balance, fresh_database, key, move
+
+from exchange import repo
+from exchange.db import connect
 
 
 async def _transactions_with_key(db: asyncpg.Pool, account: Account, idempotency_key: str) -> int:
@@ -82,6 +85,54 @@ async def test_a_refused_request_does_not_use_up_its_key(
     retried = await move(client, mallory, "withdraw", "5", idempotency_key=k)
     assert retried.status_code == 201
     assert "idempotency-replayed" not in retried.headers
+
+
+async def test_a_replay_answers_as_before_even_after_the_balance_has_moved(
+    client: httpx.AsyncClient, new_user: Callable[[], Awaitable[Account]]
+) -> None:
+    """The key is checked before the funds: a retried withdrawal that emptied the wallet
+    is replayed, not refused as an overdraft."""
+    peggy = await new_user()
+    await move(client, peggy, "deposit", "10")
+    k = key()
+    first = await move(client, peggy, "withdraw", "10", idempotency_key=k)
+    again = await move(client, peggy, "withdraw", "10", idempotency_key=k)
+
+    assert first.status_code == again.status_code == 201, again.text
+    assert again.json() == first.json()
+    assert again.headers["idempotency-replayed"] == "true"
+    assert await balance(client, peggy) == "0.00"
+
+
+async def test_a_new_database_finds_keys_through_the_unique_index(
+    service_urls: tuple[str, str],
+) -> None:
+    """Before `transactions` has statistics, a look-up by (user_id, key) may be planned on
+    transactions_user_id_idx, scanning the user's whole history. deposit() and withdraw()
+    find a replay through ON CONFLICT on the unique constraint instead (006), whatever the
+    statistics. auto_explain shows the plans of the function's own statements."""
+    async with fresh_database(service_urls[0]) as url:
+        conn = await connect(url)
+        try:
+            await conn.execute("ALTER TABLE transactions SET (autovacuum_enabled = off)")
+            user = await repo.create_user(conn, "plans@example.com", "not-a-hash")
+            plans: list[str] = []
+            conn.add_log_listener(lambda _, message: plans.append(message.message))
+            await conn.execute(
+                "LOAD 'auto_explain';"
+                " SET auto_explain.log_min_duration = 0;"
+                " SET auto_explain.log_nested_statements = on;"
+                " SET auto_explain.log_level = 'notice'"
+            )
+            for _ in range(3):
+                await conn.fetchrow("SELECT * FROM deposit($1, 'USDT', 1, $2)", user.id, key())
+            await conn.fetchrow("SELECT * FROM withdraw($1, 'USDT', 1, $2)", user.id, key())
+        finally:
+            await conn.close()
+    by_key = [plan for plan in plans if "idempotency_key" in plan]  # statements using the key
+    assert len(by_key) == 4, plans
+    assert all("Conflict Arbiter Indexes: transactions_user_key" in plan for plan in by_key)
+    assert not any("transactions_user_id_idx" in plan for plan in plans)
 
 
 async def test_twenty_concurrent_requests_with_one_key_make_one_transaction(
