@@ -21,6 +21,8 @@ import sys
 import tempfile
 from decimal import Decimal
 from pathlib import Path
+from statistics import median_low
+from typing import Any
 
 import asyncpg
 
@@ -40,8 +42,10 @@ async def pgbench_rates(
     server_url: str,
     clients: int,
     seconds: float,  # float-ok
-) -> dict[str, float] | str:  # float-ok: time or rate, not money
-    """{"tpcb_like": tps, "hot_row": tps}, or why they could not be measured."""
+    rounds: int = 1,
+) -> dict[str, Any] | str:
+    """{"tpcb_like": tps, "hot_row": tps}, each the median of `rounds` runs (all of them in
+    "rounds"), or why they could not be measured."""
     pgbench = shutil.which("pgbench")
     if pgbench is None:
         return "pgbench is not installed"
@@ -49,17 +53,19 @@ async def pgbench_rates(
     run = ["-n", "-M", "prepared", "-c", str(clients), "-j", threads, "-T", str(max(1, round(seconds)))]
     async with scratch_database(server_url, f"exchange_bench_pgbench_{secrets.token_hex(4)}") as url:
         await _pgbench(pgbench, "-i", "-q", "-s", str(PGBENCH_SCALE), url)
-        tpcb = _tps(await _pgbench(pgbench, *run, url))
         conn = await asyncpg.connect(url)
         try:
             await conn.execute((SQL_DIR / "bench" / "hot_row.sql").read_text())
         finally:
             await conn.close()
+        tps: dict[str, list[float]] = {"tpcb_like": [], "hot_row": []}  # float-ok: rates
         with tempfile.NamedTemporaryFile("w", suffix=".sql") as script:
             script.write("SELECT hot_move(1, 1);\n")
             script.flush()
-            hot = _tps(await _pgbench(pgbench, *run, "-f", script.name, url))
-    return {"tpcb_like": tpcb, "hot_row": hot}
+            for _ in range(rounds):
+                tps["tpcb_like"].append(_tps(await _pgbench(pgbench, *run, url)))
+                tps["hot_row"].append(_tps(await _pgbench(pgbench, *run, "-f", script.name, url)))
+    return {**{name: median_low(each) for name, each in tps.items()}, "rounds": tps}
 
 
 async def _pgbench(*args: str) -> str:
@@ -98,9 +104,10 @@ async def bare_endpoints(
     warmup: float,  # float-ok
     seconds: float,  # float-ok
     log_dir: Path,  # float-ok: time or rate, not money
-) -> dict[str, Window]:
-    """The bare app's two routes, one after the other, on a scratch database migrated
-    like the product's, with one user per connection for the deposits."""
+    rounds: int = 1,
+) -> dict[str, list[Window]]:
+    """The bare app's two routes, one after the other, `rounds` times, on a scratch
+    database migrated like the product's, with one user per connection for the deposits."""
     async with scratch_database(server_url, f"exchange_bench_bare_{secrets.token_hex(4)}") as database_url:
         await migrate(database_url)
         conn = await connect(database_url)
@@ -127,20 +134,22 @@ async def bare_endpoints(
         async with process(args, env, log_dir / "bare.log", f"{url}/select1") as server_pid:
             conns = await open_connections("127.0.0.1", port, connections)
             users = [[User("", "", id=row["id"])] for row in user_ids]
+            windows: dict[str, list[Window]] = {op.name: [] for op in (SELECT1, BARE_DEPOSIT)}
             try:
-                return {
-                    op.name: await run_load(
-                        conns,
-                        users,
-                        [op],
-                        host=f"127.0.0.1:{port}",
-                        run_id="",
-                        warmup=warmup,
-                        duration=seconds,
-                        server_pid=server_pid,
-                    )
-                    for op in (SELECT1, BARE_DEPOSIT)
-                }
+                for _ in range(rounds):
+                    for op in (SELECT1, BARE_DEPOSIT):
+                        window = await run_load(
+                            conns,
+                            users,
+                            [op],
+                            host=f"127.0.0.1:{port}",
+                            run_id="",
+                            warmup=warmup,
+                            duration=seconds,
+                            server_pid=server_pid,
+                        )
+                        windows[op.name].append(window)
+                return windows
             finally:
                 for conn in conns:
                     conn.close()

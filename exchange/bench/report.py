@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+from statistics import median_low
 from typing import Any
 
 from exchange.bench import cpu
@@ -49,6 +50,15 @@ def window_summary(window: Window) -> dict[str, Any]:
         "cpu_per_request": cpu.per_request(window.cpu_start, window.cpu_end, answered, window.seconds),
         "ops": ops,
     }
+
+
+def median_round(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Of one scenario's rounds, the one with the median rate (the lower middle for an
+    even count), reported whole so its latencies and CPU belong to its rate; every
+    round's rate, in the order they ran, in "rounds_requests_per_s"."""
+    rates = [summary["requests_per_s"] for summary in summaries]
+    median = summaries[rates.index(median_low(rates))]
+    return {**median, "rounds_requests_per_s": rates}
 
 
 def ratios(results: dict[str, Any]) -> dict[str, float]:
@@ -127,6 +137,8 @@ def table(results: dict[str, Any]) -> str:
         lines.append(
             f"pgbench tpcb-like: {pgbench['tpcb_like']:,.0f} tps; one hot row: {pgbench['hot_row']:,.0f} tps"
         )
+    if results["run"]["rounds"] > 1:
+        lines += _rounds_lines(results)
     elif pgbench:
         lines.append(f"pgbench: not measured ({pgbench})")
     if results.get("ratios"):
@@ -162,3 +174,18 @@ def _rows(scenario: str, summary: dict[str, Any]) -> list[tuple[str, ...]]:
         rate, cpu = f"{summary['requests_per_s']:,.0f}", f"{summary['generator_cpu']:.0%}"
         out.append((scenario, "all", rate, *latency, "", cpu, ""))
     return out
+
+
+def _rounds_lines(results: dict[str, Any]) -> list[str]:
+    """Each round's rate, in the order they ran: the spread behind the medians above."""
+    ceiling = results.get("ceiling") or {}
+    rates = {name: summary["rounds_requests_per_s"] for name, summary in results["scenarios"].items()}
+    for name in ("select1", "bare_deposit"):
+        if name in ceiling:
+            rates[f"bare {name.removeprefix('bare_')}"] = ceiling[name]["rounds_requests_per_s"]
+    pgbench = ceiling.get("pgbench")
+    if isinstance(pgbench, dict):
+        rates.update({f"pgbench {name}": each for name, each in pgbench["rounds"].items()})
+    lines = [f"rounds: {results['run']['rounds']}; each figure above is its median round. Rates by round:"]
+    lines += [f"  {name}: " + ", ".join(f"{rate:,.0f}" for rate in each) for name, each in rates.items()]
+    return lines

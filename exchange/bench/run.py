@@ -51,6 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--warmup", type=float, default=2, help="unmeasured seconds before each (default 2)")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the scenarios (and the ceilings) this many times in turn and report each one's "
+        "median round, for machines whose speed drifts (default 1)",
+    )
+    parser.add_argument(
         "--workers", type=int, default=0, help="--spawn: server workers (default one per core)"
     )
     parser.add_argument(
@@ -78,6 +85,8 @@ def bench_command(settings: Settings, args: argparse.Namespace) -> int:
         raise SystemExit(f"unknown scenario(s): {', '.join(unknown)} (choose from {', '.join(ALL)} or all)")
     if args.users < args.connections:
         raise SystemExit("--users must be at least --connections: every connection has users of its own")
+    if args.rounds < 1:
+        raise SystemExit("--rounds must be at least 1")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per set-up request is noise
     try:
         import uvloop
@@ -117,6 +126,7 @@ async def bench(settings: Settings, args: argparse.Namespace, scenarios: list[st
                 "connections": args.connections,
                 "duration_s": args.duration,
                 "warmup_s": args.warmup,
+                "rounds": args.rounds,
             },
         }
         # Idle connections are dropped before uvicorn's 5 s keep-alive timeout closes them
@@ -127,28 +137,32 @@ async def bench(settings: Settings, args: argparse.Namespace, scenarios: list[st
             if args.spawn:
                 await analyze(spawned.database_url)  # statistics, as a running database has
             results["setup"] = {**setup, "bcrypt_rounds": bcrypt_rounds}
-            results["scenarios"] = {}
             host, port = host_port(url)
             conns = await open_connections(host, port, args.connections)
+            rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in scenarios}
             try:
-                for name in scenarios:
-                    per_conn = [[users[0]]] * args.connections if name == "hot" else [
-                        users[i :: args.connections] for i in range(args.connections)
-                    ]  # fmt: skip
-                    window = await run_load(
-                        conns,
-                        per_conn,
-                        SCENARIOS[name],
-                        host=f"{host}:{port}",
-                        run_id=f"bench-{secrets.token_hex(6)}",
-                        warmup=args.warmup,
-                        duration=args.duration,
-                        server_pid=server_pid,
-                    )
-                    results["scenarios"][name] = report.window_summary(window)
+                # Round by round, so each scenario's rounds are spread over the same time
+                # as the others' and a drift of the machine's speed reaches all of them.
+                for _ in range(args.rounds):
+                    for name in scenarios:
+                        per_conn = [[users[0]]] * args.connections if name == "hot" else [
+                            users[i :: args.connections] for i in range(args.connections)
+                        ]  # fmt: skip
+                        window = await run_load(
+                            conns,
+                            per_conn,
+                            SCENARIOS[name],
+                            host=f"{host}:{port}",
+                            run_id=f"bench-{secrets.token_hex(6)}",
+                            warmup=args.warmup,
+                            duration=args.duration,
+                            server_pid=server_pid,
+                        )
+                        rounds[name].append(report.window_summary(window))
             finally:
                 for conn in conns:
                     conn.close()
+            results["scenarios"] = {name: report.median_round(each) for name, each in rounds.items()}
             results["balances"] = await check_balances(http, users)
             results["audit"] = await run_audit(http, admin)
     if args.ceiling:
@@ -258,10 +272,10 @@ async def measure_ceiling(
     database_url: str, workers: int, args: argparse.Namespace, log_dir: Path
 ) -> dict[str, Any]:
     bare = await ceiling.bare_endpoints(
-        database_url, workers, args.connections, args.warmup, args.duration, log_dir
+        database_url, workers, args.connections, args.warmup, args.duration, log_dir, args.rounds
     )
     return {
-        "select1": report.window_summary(bare["select1"]),
-        "bare_deposit": report.window_summary(bare["deposit"]),
-        "pgbench": await ceiling.pgbench_rates(database_url, args.connections, args.duration),
+        "select1": report.median_round([report.window_summary(w) for w in bare["select1"]]),
+        "bare_deposit": report.median_round([report.window_summary(w) for w in bare["deposit"]]),
+        "pgbench": await ceiling.pgbench_rates(database_url, args.connections, args.duration, args.rounds),
     }
