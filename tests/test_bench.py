@@ -68,5 +68,9 @@ def test_the_median_round_is_reported_whole_with_every_rate_in_order() -> None:
         for rate, p99 in [(900.0, 30.0), (700.0, 50.0), (800.0, 40.0), (1_000.0, 20.0)]
     ]
     median = report.median_round(rounds)
-    assert median == {"requests_per_s": 800.0, "p99_ms": 40.0, "rounds_requests_per_s": [900.0, 700.0, 800.0, 1_000.0]}
+    assert median == {
+        "requests_per_s": 800.0,
+        "p99_ms": 40.0,
+        "rounds_requests_per_s": [900.0, 700.0, 800.0, 1_000.0],
+    }
     assert report.median_round(rounds[:1])["requests_per_s"] == 900.0
