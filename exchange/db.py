@@ -108,24 +108,6 @@ async def connect(database_url: str) -> asyncpg.Connection:
     return conn
 
 
-async def analyze(database_url: str) -> None:
-    """ANALYZE a database the benchmark has just filled, before its clock starts.
-
-    A new database has no statistics until autovacuum's first pass, which may come
-    mid-run (it looks every minute). Until then PostgreSQL may plan the idempotency-key
-    look-up (`transactions` by user and key) on the history index instead and filter
-    every transaction of that user: a cost that grows with each request of a busy user
-    until the next ANALYZE, which also makes every connection plan its cached
-    statements again. A deployed server is in that state only until its first
-    autovacuum pass, while its users' histories are still short. Run it on a database
-    with rows: ANALYZE of an empty table makes every plan a sequential scan."""
-    conn = await connect(database_url)
-    try:
-        await conn.execute("ANALYZE")
-    finally:
-        await conn.close()
-
-
 def migration_files(directory: Path = MIGRATIONS_DIR) -> list[Path]:
     """NNN_name.sql files, in order."""
     files = sorted(directory.glob("[0-9][0-9][0-9]_*.sql"))

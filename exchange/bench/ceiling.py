@@ -19,18 +19,16 @@ import secrets
 import shutil
 import sys
 import tempfile
-from decimal import Decimal
 from pathlib import Path
 from statistics import median_low
 from typing import Any
 
 import asyncpg
 
-from exchange import repo
 from exchange.bench.load import Window, open_connections, run_load
 from exchange.bench.scenarios import Operation, User
 from exchange.bench.spawn import process, server_env
-from exchange.db import analyze, connect, migrate, scratch_database
+from exchange.db import connect, migrate, scratch_database
 from exchange.queries import SQL_DIR
 from exchange.sockets import free_port
 
@@ -118,15 +116,8 @@ async def bare_endpoints(
                 "RETURNING id",
                 connections,
             )
-            # Funded, then statistics, as the product's run starts: a history of about the
-            # same size (512 transactions), since a table much smaller when analysed
-            # gets sequential-scan plans that stay cached while it grows.
-            for n in range(512 // len(user_ids)):
-                for row in user_ids:
-                    await repo.deposit(conn, row["id"], "USDT", Decimal(1000), f"bare-funding-{n}")
         finally:
             await conn.close()
-        await analyze(database_url)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         args = [sys.executable, "-m", "exchange.bench.bare", "--port", str(port), "--workers", str(workers)]

@@ -26,7 +26,6 @@ from exchange.bench.load import open_connections, run_load
 from exchange.bench.scenarios import ALL, API, FUNDING, SCENARIOS, User
 from exchange.bench.spawn import log_directory, spawn
 from exchange.config import Settings
-from exchange.db import analyze
 
 SETUP_TIMEOUT_SECONDS = 60
 
@@ -134,8 +133,6 @@ async def bench(settings: Settings, args: argparse.Namespace, scenarios: list[st
         limits = httpx.Limits(max_connections=args.connections, keepalive_expiry=2.0)
         async with httpx.AsyncClient(base_url=url, limits=limits, timeout=SETUP_TIMEOUT_SECONDS) as http:
             users, setup = await set_up_users(http, args.users, args.connections)
-            if args.spawn:
-                await analyze(spawned.database_url)  # statistics, as a running database has
             results["setup"] = {**setup, "bcrypt_rounds": bcrypt_rounds}
             host, port = host_port(url)
             conns = await open_connections(host, port, args.connections)
