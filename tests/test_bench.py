@@ -74,3 +74,27 @@ def test_the_median_round_is_reported_whole_with_every_rate_in_order() -> None:
         "rounds_requests_per_s": [900.0, 700.0, 800.0, 1_000.0],
     }
     assert report.median_round(rounds[:1])["requests_per_s"] == 900.0
+
+
+def test_the_table_says_pgbench_was_not_measured_only_when_it_was_not() -> None:
+    def results(pgbench: object, rounds: int) -> dict[str, object]:
+        return {
+            "run": {"rounds": rounds},
+            "scenarios": {},
+            "ceiling": {"pgbench": pgbench},
+            "setup": {"users": 1, "register_per_s": 1.0, "login_per_s": 1.0, "bcrypt_rounds": 4},
+            "balances": {"checked": 1, "uncertain": 0, "mismatches": []},
+            "audit": {"violations": []},
+        }
+
+    measured = {
+        "tpcb_like": 3_000.0,
+        "hot_row": 1_500.0,
+        "rounds": {"tpcb_like": [3_000.0], "hot_row": [1_500.0]},
+    }
+    for rounds in (1, 2):
+        text = report.table(results(measured, rounds))
+        assert "pgbench tpcb-like: 3,000 tps; one hot row: 1,500 tps" in text
+        assert "not measured" not in text
+        missing = report.table(results("pgbench is not installed", rounds))
+        assert "pgbench: not measured (pgbench is not installed)" in missing

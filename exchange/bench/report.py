@@ -137,10 +137,10 @@ def table(results: dict[str, Any]) -> str:
         lines.append(
             f"pgbench tpcb-like: {pgbench['tpcb_like']:,.0f} tps; one hot row: {pgbench['hot_row']:,.0f} tps"
         )
-    if results["run"]["rounds"] > 1:
-        lines += _rounds_lines(results)
     elif pgbench:
         lines.append(f"pgbench: not measured ({pgbench})")
+    if results["run"]["rounds"] > 1:
+        lines += _rounds_lines(results)
     if results.get("ratios"):
         lines.append("ratios: " + ", ".join(f"{k} {v:.0%}" for k, v in results["ratios"].items()))
     setup = results["setup"]
