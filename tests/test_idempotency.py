@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 
 import asyncpg
 import httpx
@@ -109,8 +110,9 @@ async def test_a_new_database_finds_keys_through_the_unique_index(
 ) -> None:
     """Before `transactions` has statistics, a look-up by (user_id, key) may be planned on
     transactions_user_id_idx, scanning the user's whole history. deposit() and withdraw()
-    find a replay through ON CONFLICT on the unique constraint instead (006), whatever the
-    statistics. auto_explain shows the plans of the function's own statements."""
+    (006), buy() and sell() (007) find a replay through ON CONFLICT on the unique
+    constraint instead, whatever the statistics. auto_explain shows the plans of the
+    functions' own statements."""
     async with fresh_database(service_urls[0]) as url:
         conn = await connect(url)
         try:
@@ -124,13 +126,20 @@ async def test_a_new_database_finds_keys_through_the_unique_index(
                 " SET auto_explain.log_nested_statements = on;"
                 " SET auto_explain.log_level = 'notice'"
             )
-            for _ in range(3):
-                await conn.fetchrow("SELECT * FROM deposit($1, 'USDT', 1, $2)", user.id, key())
+            for amount in (100, 1, 1):
+                await conn.fetchrow("SELECT * FROM deposit($1, 'USDT', $2, $3)", user.id, amount, key())
             await conn.fetchrow("SELECT * FROM withdraw($1, 'USDT', 1, $2)", user.id, key())
+            for side, quantity in (("buy", "0.0004"), ("sell", "0.0002")):
+                await conn.fetchrow(
+                    f"SELECT * FROM {side}($1, 'BTCUSDT', $2, NULL, NULL, 50000.00, now(), NULL, $3)",
+                    user.id,
+                    Decimal(quantity),
+                    key(),
+                )
         finally:
             await conn.close()
     by_key = [plan for plan in plans if "idempotency_key" in plan]  # statements using the key
-    assert len(by_key) == 4, plans
+    assert len(by_key) == 6, plans
     assert all("Conflict Arbiter Indexes: transactions_user_key" in plan for plan in by_key)
     assert not any("transactions_user_id_idx" in plan for plan in plans)
 

@@ -202,3 +202,30 @@ async def test_random_orders_fill_exactly_as_a_decimal_model_computes(
     assert set(outcomes) == {"buy", "sell", "EX004", "EX010", "EX011"}  # every path was taken
     assert {w.asset: w.balance for w in await repo.wallets_for_user(pool, user_id) if w.balance} == wallets
     assert await audit(db) == []
+
+
+async def test_a_trade_replays_even_when_its_checks_would_now_fail(pool: asyncpg.Pool) -> None:
+    """A used key is answered with the first trade whatever the order's checks say now
+    (007 runs them first, and looks the key up when one fails); another request with the
+    same key is still refused as such, not with the check's error."""
+    user_id = await funded_user(pool, usdt="5.00")
+    key = secrets.token_hex(8)
+
+    async def buy(quote: str, price: str | None, price_valid_ms: int | None = None) -> tuple[dict, bool]:
+        trade, replayed = await repo.trade(
+            pool, "buy", user_id, "BTCUSDT", None, Decimal(quote), None,
+            None if price is None else Decimal(price), NOW, price_valid_ms, key,
+        )  # fmt: skip
+        return msgspec.to_builtins(trade, enc_hook=str), replayed
+
+    first, replayed = await buy("5.00", "50000.00")
+    assert not replayed and first["quote_qty"] == "5.00"
+    # The USDT is spent, no price is given, then the price given has expired: each of
+    # these alone refuses a new order (insufficient_funds, price_unavailable).
+    for price, valid_ms in [("50000.00", None), (None, None), ("50000.00", 0)]:
+        again, replayed = await buy("5.00", price, valid_ms)
+        assert replayed and again == first, (price, valid_ms)
+    with pytest.raises(asyncpg.PostgresError) as refused:
+        await buy("4.00", None)  # another request: the key's reuse is the error, not the price
+    assert SQLSTATE_ERRORS[refused.value.sqlstate][0] == "idempotency_key_reused"
+    assert await audit(pool) == []
