@@ -50,8 +50,8 @@ async def test_audit_reports_each_kind_of_corruption(service_urls: tuple[str, st
                 "FROM transactions LIMIT 1",
                 user_id,
             )
-            # A negative wallet (the CHECK constraint normally forbids it).
-            await conn.execute("ALTER TABLE accounts DROP CONSTRAINT accounts_balance_check")
+            # A negative wallet (the balance's domain normally forbids it).
+            await conn.execute("ALTER DOMAIN non_negative_amount DROP CONSTRAINT non_negative_amount_check")
             await conn.execute("UPDATE accounts SET balance = -1 WHERE user_id = $1", user_id)
             # An entry whose asset is not its account's asset.
             await conn.execute(

@@ -10,6 +10,8 @@
 --
 -- Add `-c synchronous_commit=off` to PGOPTIONS (for this measurement only) and run one
 -- client (-c 1) to compare two versions of a function by CPU alone, without the fsync.
+-- On a machine whose speed drifts, instructions.sh counts each function's instructions
+-- instead (callgrind): the same figure on every run.
 -- This file makes users 1 to 256 of a freshly migrated database, each with 1,000,000
 -- USDT and 1,000 BTC; the scripts pick one of those ids at random.
 \set ON_ERROR_STOP on
