@@ -4,6 +4,7 @@ keeps every row without rewriting a table."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -137,7 +138,7 @@ async def test_a_dba_change_to_a_market_or_an_asset_reaches_the_next_trade(
     )
     assert bought["fee"] == Decimal("0.5")
 
-    # Halted, then deleted: refused as not trading, then as unknown.
+    # Halted: refused as not trading. Deleted: refused (halt it instead), as before 008.
     await conn.execute("UPDATE markets SET active = false WHERE symbol = 'DOGEUSDT'")
     with pytest.raises(asyncpg.PostgresError) as halted:
         async with conn.transaction():
@@ -145,12 +146,70 @@ async def test_a_dba_change_to_a_market_or_an_asset_reaches_the_next_trade(
                 "SELECT * FROM buy($1, 'DOGEUSDT', 100, NULL, NULL, 0.1, now(), NULL, 'doge-3')", user_id
             )
     assert halted.value.sqlstate == "EX007"
-    await conn.execute("DELETE FROM markets WHERE symbol = 'DOGEUSDT'")
-    assert await conn.fetchval("SELECT count(*) FROM trade_markets WHERE symbol = 'DOGEUSDT'") == 0
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="trade_markets"):
+        async with conn.transaction():
+            await conn.execute("DELETE FROM markets WHERE symbol = 'DOGEUSDT'")
     with pytest.raises(asyncpg.PostgresError) as unknown:
         async with conn.transaction():
-            await conn.fetchrow("SELECT * FROM trade_market('DOGEUSDT')")
+            await conn.fetchrow("SELECT * FROM trade_market('NOPEUSDT')")
     assert unknown.value.sqlstate == "EX006"
+
+
+async def test_a_market_is_never_stored_without_its_house_accounts(rolled_back: asyncpg.Connection) -> None:
+    # An asset and its market added in one statement, the market first: its row names
+    # the asset's house accounts all the same.
+    await rolled_back.execute(
+        "WITH market AS (INSERT INTO markets (symbol, base, quote, qty_step, min_qty, max_qty, tick_size,"
+        " min_notional, fee_rate) VALUES ('ADAUSDT', 'ADA', 'USDT', 1, 1, 1000, 0.0001, 1, 0.001))"
+        " INSERT INTO assets (code, scale, max_amount) VALUES ('ADA', 6, 1000000)"
+    )
+    market = await rolled_back.fetchrow("SELECT * FROM trade_market('ADAUSDT')")
+    assert market["base_market_account_id"] == await rolled_back.fetchval(
+        "SELECT house_account('market', 'ADA')"
+    )
+    # And a row without them is refused, whoever writes it.
+    with pytest.raises(asyncpg.NotNullViolationError, match="base_market_account_id"):
+        await rolled_back.execute(
+            "UPDATE trade_markets SET base_market_account_id = NULL WHERE symbol = 'ADAUSDT'"
+        )
+
+
+async def test_concurrent_changes_to_a_market_and_its_asset_both_reach_trade_markets(
+    service_urls: tuple[str, str],
+) -> None:
+    async with fresh_database(service_urls[0]) as url:
+        setup, first, second = await connect(url), await connect(url), await connect(url)
+        try:
+            await setup.execute("INSERT INTO assets (code, scale, max_amount) VALUES ('XRP', 6, 1000000000)")
+
+            async def both(first_change: str, scale: int) -> asyncpg.Record:
+                """first_change, left uncommitted while another session sets XRP's scale;
+                then the first commits, and the second finishes."""
+                transaction = first.transaction()
+                await transaction.start()
+                await first.execute(first_change)
+                scale_change = asyncio.create_task(
+                    second.execute("UPDATE assets SET scale = $1 WHERE code = 'XRP'", scale)
+                )
+                await asyncio.sleep(0.3)
+                assert not scale_change.done()  # its refresh waits for the first's turn
+                await transaction.commit()
+                await scale_change
+                return await setup.fetchrow("SELECT * FROM trade_market('XRPUSDT')")
+
+            # A market added while its asset's scale changes: the row has the new scale.
+            market = await both(
+                "INSERT INTO markets (symbol, base, quote, qty_step, min_qty, max_qty, tick_size,"
+                " min_notional, fee_rate) VALUES ('XRPUSDT', 'XRP', 'USDT', 1, 1, 1000000, 0.0001, 1, 0.001)",
+                scale=4,
+            )
+            assert (market["base_scale"], market["fee_rate"]) == (4, Decimal("0.001"))
+            # A market's fee and its asset's scale changed at once: the row has both.
+            market = await both("UPDATE markets SET fee_rate = 0.002 WHERE symbol = 'XRPUSDT'", scale=3)
+            assert (market["base_scale"], market["fee_rate"]) == (3, Decimal("0.002"))
+        finally:
+            for conn in (setup, first, second):
+                await conn.close()
 
 
 async def _filenodes(conn: asyncpg.Connection) -> dict[str, int]:

@@ -20,12 +20,17 @@
 --    without constraints (the same type underneath), then each domain gets its CHECK,
 --    which scans the columns that use it.
 -- 2. Everything a trade needs about its market is one row of trade_markets, kept by
---    triggers from markets and assets, instead of 005's four-table
---    join on every trade (about 110,000 instructions). It replaces market_accounts.
+--    triggers from markets and assets, instead of 005's four-table join on every trade
+--    (about 110,000 instructions). It replaces market_accounts.
 -- 3. A trade writes both wallets in one UPDATE instead of two (one executor start, one
 --    set of constraints), finding them by the row versions it locked (about 100,000
 --    instructions). tests/test_ledger_schema.py checks the rules, the triggers and that
 --    this migration rewrites no table.
+--
+-- Running it: it holds ACCESS EXCLUSIVE locks on accounts, transactions and entries
+-- until it commits, while it checks every row against the domains (one scan per column)
+-- and rebuilds accounts_house_key (a partial index is never reused), so movements wait
+-- for it. Seconds on a small ledger; on a large one, run it in a quiet moment.
 
 -- house_balances depends on the columns whose type changes; recreated below as it was.
 DROP VIEW house_balances;
@@ -87,16 +92,44 @@ GROUP BY a.id, a.kind, a.asset;
 -- per market. Derived: written only by refresh_trade_market, which the triggers below
 -- call whenever a market or an asset's scale changes. (House accounts are created with
 -- their asset and never change; a trigger on accounts would run on every movement.)
+-- As before 008 (market_accounts), a market with this row cannot be deleted or renamed:
+-- halt it with `active = false`.
 CREATE TABLE trade_markets OF trade_market (
-    PRIMARY KEY (symbol),
-    FOREIGN KEY (symbol) REFERENCES markets (symbol) ON UPDATE CASCADE ON DELETE CASCADE
+    symbol                   WITH OPTIONS PRIMARY KEY REFERENCES markets (symbol),
+    base                     WITH OPTIONS NOT NULL,
+    quote                    WITH OPTIONS NOT NULL,
+    base_scale               WITH OPTIONS NOT NULL,
+    quote_scale              WITH OPTIONS NOT NULL,
+    qty_step                 WITH OPTIONS NOT NULL,
+    min_qty                  WITH OPTIONS NOT NULL,
+    max_qty                  WITH OPTIONS NOT NULL,
+    min_notional             WITH OPTIONS NOT NULL,
+    fee_rate                 WITH OPTIONS NOT NULL,
+    active                   WITH OPTIONS NOT NULL,
+    base_market_account_id   WITH OPTIONS NOT NULL,
+    quote_market_account_id  WITH OPTIONS NOT NULL,
+    base_fees_account_id     WITH OPTIONS NOT NULL,
+    quote_fees_account_id    WITH OPTIONS NOT NULL
 );
+
+-- Refreshes run one at a time, and each reads its sources after taking its turn. Two
+-- changes committed at once (a market inserted while its asset's scale changes, say)
+-- would otherwise each compute the row without the other's change, under READ
+-- COMMITTED, and leave it stale. A transaction-level advisory lock, held until commit:
+-- only DBA changes take it, never a trade.
+CREATE FUNCTION lock_trade_markets()
+RETURNS void
+LANGUAGE sql AS $$
+    SELECT pg_advisory_xact_lock(hashtext('exchange.trade_markets'))
+$$;
 
 -- Rebuild one market's row from markets, assets and accounts (003's join).
 CREATE FUNCTION refresh_trade_market(p_symbol text)
 RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
+    PERFORM lock_trade_markets();
+    -- The statements below see every refresh committed before the turn came.
     DELETE FROM trade_markets WHERE symbol = p_symbol;
     INSERT INTO trade_markets
     SELECT m.symbol, m.base, m.quote, b.scale, q.scale, m.qty_step, m.min_qty, m.max_qty,
@@ -123,11 +156,13 @@ CREATE TRIGGER markets_trade_market
 AFTER INSERT OR UPDATE ON markets
 FOR EACH ROW EXECUTE FUNCTION markets_refresh_trade_market();
 
--- An asset's scale changed: every market it is part of.
+-- An asset's scale changed: every market it is part of, those committed while this
+-- waited for its turn included.
 CREATE FUNCTION asset_refresh_trade_markets()
 RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
+    PERFORM lock_trade_markets();
     PERFORM refresh_trade_market(m.symbol)
     FROM markets AS m
     WHERE NEW.code IN (m.base, m.quote);
