@@ -47,6 +47,7 @@ class DecimalTextSchemaPlugin(OpenAPISchemaPlugin):
             ],
             description='A decimal number, preferably as a string ("100.50"); a JSON number is '
             "read exactly, never through a float.",
+            examples=["100.50"],
         )
 
 

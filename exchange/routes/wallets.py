@@ -9,7 +9,8 @@ from typing import Annotated
 
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
-from litestar.params import FromPath, HeaderParameter, JSONBody
+from litestar.openapi.spec import Example
+from litestar.params import HeaderParameter, JSONBody, PathParameter
 
 from exchange import repo
 from exchange.errors import ExchangeError, documented
@@ -26,6 +27,12 @@ IdempotencyKey = Annotated[
         "characters. A retry with the same key and body returns the first answer with "
         "`Idempotency-Replayed: true`; the same key with another body is refused (422).",
     ),
+]
+# An example in the document lets clients (and schemathesis's explicit-examples phase)
+# reach a real wallet; a random code is a 404.
+AssetCode = Annotated[
+    str,
+    PathParameter(description="An asset code such as USDT (any case).", examples=[Example(value="USDT")]),
 ]
 _ASSET = re.compile(ASSET_PATTERN)
 
@@ -59,7 +66,7 @@ async def list_wallets(request: Request[AuthUser, str, State], state: State) -> 
     summary="The caller's balance in one asset",
     responses=documented(400, 401, 404, 503),
 )
-async def get_wallet(asset: FromPath[str], request: Request[AuthUser, str, State], state: State) -> Wallet:
+async def get_wallet(asset: AssetCode, request: Request[AuthUser, str, State], state: State) -> Wallet:
     code = asset_code(asset)
     wallets = await repo.wallets_for_user(state.pool, request.user.id, code)
     if not wallets:
@@ -74,7 +81,7 @@ async def get_wallet(asset: FromPath[str], request: Request[AuthUser, str, State
     responses=documented(400, 401, 404, 413, 415, 422, 503),
 )
 async def deposit(
-    asset: FromPath[str],
+    asset: AssetCode,
     data: JSONBody[AmountRequest],
     idempotency_key: IdempotencyKey,
     request: Request[AuthUser, str, State],
@@ -91,7 +98,7 @@ async def deposit(
     responses=documented(400, 401, 404, 409, 413, 415, 422, 503),
 )
 async def withdraw(
-    asset: FromPath[str],
+    asset: AssetCode,
     data: JSONBody[AmountRequest],
     idempotency_key: IdempotencyKey,
     request: Request[AuthUser, str, State],
