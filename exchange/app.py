@@ -34,6 +34,7 @@ from exchange.prices.cache import PriceCache
 from exchange.prices.feed import PriceFeed
 from exchange.prices.stream import PriceStream
 from exchange.ratelimit import RateLimiter, limits_from
+from exchange.responses import ExchangeResponse
 from exchange.routes import auth, health, orders, prices, transactions, users, wallets
 from exchange.routes.admin import admin_router
 from exchange.schemas import DecimalText, decimal_text
@@ -133,6 +134,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         exception_handlers=exception_handlers(),
         request_max_body_size=settings.max_body_bytes,
         request_class=ExchangeRequest,
+        response_class=ExchangeResponse,
         openapi_config=_openapi_config(),
         plugins=schema_plugins(),
         type_encoders={Money: str},

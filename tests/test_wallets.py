@@ -57,8 +57,14 @@ async def test_a_json_number_amount_is_exact(
     assert (await move(client, bob, "deposit", 0.1)).status_code == 201
     assert (await move(client, bob, "deposit", 0.2)).status_code == 201
     assert await balance(client, bob) == "0.30"
-    assert (await move(client, bob, "deposit", "0.00000001", asset="btc")).status_code == 201
+    satoshi = await move(client, bob, "deposit", "0.00000001", asset="btc")
+    assert satoshi.status_code == 201
+    # Fixed-point in every answer, never Decimal's "1E-8".
+    assert satoshi.json()["amount"] == satoshi.json()["balance_after"] == "0.00000001"
     assert await balance(client, bob, "BTC") == "0.00000001"
+    history = (await client.get("/api/v1/transactions", params={"asset": "BTC"}, headers=bob.headers)).json()
+    amounts = [(t["amount"], t["balance_after"]) for t in history["transactions"]]
+    assert amounts == [("0.00000001", "0.00000001")]
 
 
 async def test_wallets_list_every_asset_and_me_nests_them(

@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Mapping
 
-from litestar import Request, Response, post
+from litestar import Request, post
 from litestar.datastructures import State
 from litestar.params import JSONBody
 
@@ -24,6 +24,7 @@ from exchange.errors import documented
 from exchange.metrics import note_movement
 from exchange.prices.binance import PriceUnavailable, Quote
 from exchange.prices.cache import PriceCache, as_price
+from exchange.responses import ExchangeResponse
 from exchange.routes.wallets import IdempotencyKey
 from exchange.schemas import OrderRequest, OrderResult, Price, Wallet
 from exchange.security import AuthUser
@@ -76,7 +77,7 @@ async def place_order(
     idempotency_key: IdempotencyKey,
     request: Request[AuthUser, str, State],
     state: State,
-) -> Response[OrderResult]:
+) -> ExchangeResponse[OrderResult]:
     note_movement(request, data.side)
     guard = data.price_guard()
     quantity, quote_quantity = data.checked_quantities()
@@ -116,7 +117,7 @@ async def place_order(
         Wallet(asset=trade.quote_asset, balance=trade.quote_balance_after),  # type: ignore[arg-type]
     ]
     headers = {"Idempotency-Replayed": "true"} if replayed else None
-    return Response(OrderResult(trade=trade, wallets=wallets), status_code=201, headers=headers)
+    return ExchangeResponse(OrderResult(trade=trade, wallets=wallets), status_code=201, headers=headers)
 
 
 route_handlers = [place_order]

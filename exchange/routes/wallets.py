@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Annotated
 
-from litestar import Request, Response, get, post
+from litestar import Request, get, post
 from litestar.datastructures import State
 from litestar.openapi.spec import Example
 from litestar.params import HeaderParameter, JSONBody, PathParameter
@@ -15,6 +15,7 @@ from litestar.params import HeaderParameter, JSONBody, PathParameter
 from exchange import repo
 from exchange.errors import ExchangeError, documented
 from exchange.metrics import note_movement
+from exchange.responses import ExchangeResponse
 from exchange.schemas import ASSET_PATTERN, IDEMPOTENCY_KEY_PATTERN, AmountRequest, Transaction, Wallet
 from exchange.security import AuthUser
 
@@ -86,7 +87,7 @@ async def deposit(
     idempotency_key: IdempotencyKey,
     request: Request[AuthUser, str, State],
     state: State,
-) -> Response[Transaction]:
+) -> ExchangeResponse[Transaction]:
     note_movement(request, "deposit")
     return await _move(repo.deposit, asset, data, idempotency_key, request, state)
 
@@ -103,7 +104,7 @@ async def withdraw(
     idempotency_key: IdempotencyKey,
     request: Request[AuthUser, str, State],
     state: State,
-) -> Response[Transaction]:
+) -> ExchangeResponse[Transaction]:
     note_movement(request, "withdraw")
     return await _move(repo.withdraw, asset, data, idempotency_key, request, state)
 
@@ -115,9 +116,9 @@ async def _move(
     idempotency_key: str,
     request: Request[AuthUser, str, State],
     state: State,
-) -> Response[Transaction]:
+) -> ExchangeResponse[Transaction]:
     code, amount = asset_code(asset), data.checked_amount()
     async with state.user_turns.turn(request.user.id):
         transaction, replayed = await movement(state.pool, request.user.id, code, amount, idempotency_key)
     headers = {"Idempotency-Replayed": "true"} if replayed else None
-    return Response(transaction, status_code=201, headers=headers)
+    return ExchangeResponse(transaction, status_code=201, headers=headers)
