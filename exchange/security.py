@@ -14,6 +14,7 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
+from exchange import repo
 from exchange.config import Settings
 from exchange.errors import ExchangeError
 
@@ -143,11 +144,22 @@ class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
         return AuthenticationResult(user=user, auth=token)
 
 
-def admin_only(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-    """Guard: the caller's token must carry the admin role."""
+async def admin_only(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """Guard: the caller must be an admin, by their token and by the database now.
+
+    The token's role may be as old as the token (JWT_TTL_SECONDS), and a demotion is a
+    DBA's `UPDATE users SET role = 'user'`: it must stop the admin at once, so the role
+    is read again (one primary-key look-up; admin calls are rare)."""
     if connection.scope["method"] == "OPTIONS":
         # Litestar's OPTIONS answer runs no handler (only `Allow`), and authentication
         # skips it, so there is no user to check: without this it was a 500.
         return
     if connection.user.role != "admin":
-        raise ExchangeError("forbidden", "this operation is for admins only", 403)
+        raise forbidden()
+    user = await repo.user_by_id(connection.app.state.pool, connection.user.id)
+    if user is None or user.role != "admin":
+        raise forbidden()
+
+
+def forbidden() -> ExchangeError:
+    return ExchangeError("forbidden", "this operation is for admins only", 403)

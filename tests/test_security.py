@@ -383,6 +383,22 @@ async def test_admin_user_routes_are_for_admins_only(
     assert (await me(client, victim.headers)).status_code == 200
 
 
+async def test_an_admin_demoted_in_psql_loses_the_admin_routes_at_once(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    boss, victim = await make_admin(client, db), await register_and_login(client)
+    assert (await client.get("/api/v1/admin/audit", headers=boss.headers)).status_code == 200
+    # A DBA's demotion; the token still says admin until it expires.
+    await db.execute("UPDATE users SET role = 'user' WHERE id = $1", boss.id)
+    assert code_of(await client.get("/api/v1/admin/audit", headers=boss.headers)) == (403, "forbidden")
+    disable = await client.post(f"/api/v1/admin/users/{victim.id}/disable", headers=boss.headers)
+    assert code_of(disable) == (403, "forbidden")
+    assert (await me(client, victim.headers)).status_code == 200
+    # Promoted again, the same token works again: the database has the last word.
+    await db.execute("UPDATE users SET role = 'admin' WHERE id = $1", boss.id)
+    assert (await client.get("/api/v1/admin/house", headers=boss.headers)).status_code == 200
+
+
 async def test_admins_page_through_users_without_hashes(client: httpx.AsyncClient, db: asyncpg.Pool) -> None:
     admin = await make_admin(client, db)
     newest = [await register_and_login(client) for _ in range(3)]
