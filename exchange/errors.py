@@ -7,6 +7,7 @@ Every SQLSTATE a money function raises (class EX, see sql/migrations) maps to on
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import asyncpg
@@ -166,15 +167,46 @@ def from_http_exception(_: Request, exc: HTTPException) -> Response[ErrorBody]:
     status = exc.status_code
     code = STATUS_CODES.get(status, "http_error" if status < 500 else "internal_error")
     details: dict[str, Any] | None = None
-    if isinstance(exc, ValidationException) and exc.extra:
-        # msgspec names the field: "Expected `str`, got `int` - at `$.email`".
-        details = {"errors": exc.extra}
+    message = exc.detail if status < 500 else "internal error"
+    if isinstance(exc, ValidationException):
+        message, details = _validation_failure(exc)
     # Keep Litestar's headers: a 405 must list the allowed methods in `Allow` (RFC 9110).
     headers = dict(exc.headers or {})
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    message = exc.detail if status < 500 else "internal error"
     return error_response(code, message, status, details, headers or None)
+
+
+# Litestar's message for a missing parameter: "Missing required header parameter
+# 'Idempotency-Key' for path /api/v1/...".
+_MISSING_PARAMETER = re.compile(r"Missing required (\w+) parameter '([^']{1,100})'")
+# msgspec messages that quote the value given: "Invalid enum value 'x'".
+_QUOTED_VALUE = re.compile(r"^(Invalid (?:enum )?value) '.*'", re.DOTALL)
+
+
+def _validation_failure(exc: ValidationException) -> tuple[str, dict[str, Any] | None]:
+    """A fixed message and the fields at fault (`key`, `source`, what is wrong), never
+    the values sent: Litestar's own message repeats the whole path and query string."""
+    missing = _MISSING_PARAMETER.match(exc.detail)
+    if missing:
+        source, name = missing.groups()
+        error = {"message": f"missing required {source} parameter", "key": name, "source": source}
+        return f"missing required {source} parameter {name}", {"errors": [error]}
+    if not isinstance(exc.extra, list) or not exc.extra:
+        return "the request is not valid", None
+    errors = []
+    for item in exc.extra:
+        if not isinstance(item, dict):
+            continue
+        error = dict(item)
+        if isinstance(error.get("message"), str):
+            # msgspec names the field ("Expected `str`, got `int` - at `$.email`").
+            error["message"] = _QUOTED_VALUE.sub(r"\1", error["message"])
+        if error.get("source") == "header" and isinstance(error.get("key"), str):
+            error["key"] = error["key"].replace("_", "-").title()  # idempotency_key: Idempotency-Key
+        errors.append(error)
+    message = "the request is not valid; `details.errors` names each field"
+    return message, ({"errors": errors} if errors else None)
 
 
 def from_postgres_error(_: Request, exc: asyncpg.PostgresError) -> Response[ErrorBody]:

@@ -347,6 +347,32 @@ async def test_idempotency_keys_are_bounded(
     assert await ledger_counts(db) == before
 
 
+async def test_a_missing_idempotency_key_is_named_in_details(
+    client: httpx.AsyncClient, db: asyncpg.Pool, funded: Account
+) -> None:
+    before = await ledger_counts(db)
+    answer = await client.post("/api/v1/wallets/USDT/deposit", json={"amount": "1"}, headers=funded.headers)
+    assert error_of(answer) == (400, "validation_error")
+    [error] = answer.json()["error"]["details"]["errors"]
+    assert (error["key"], error["source"]) == ("Idempotency-Key", "header")
+    malformed = {**funded.headers, "Idempotency-Key": "with space"}
+    answer = await client.post("/api/v1/wallets/USDT/deposit", json={"amount": "1"}, headers=malformed)
+    assert [e["key"] for e in answer.json()["error"]["details"]["errors"]] == ["Idempotency-Key"]
+    assert await ledger_counts(db) == before
+
+
+async def test_validation_errors_name_the_fields_never_the_values_or_the_query(
+    client: httpx.AsyncClient, funded: Account
+) -> None:
+    answer = await client.get(
+        "/api/v1/transactions?kind=refund-me&limit=abc&api_secret=hunter2", headers=funded.headers
+    )
+    assert error_of(answer) == (400, "validation_error")
+    assert "hunter2" not in answer.text and "refund-me" not in answer.text and "abc" not in answer.text
+    keys = sorted(e["key"] for e in answer.json()["error"]["details"]["errors"])
+    assert keys in (["kind"], ["limit"], ["kind", "limit"])  # Litestar may stop at the first
+
+
 async def test_a_wrong_method_is_405_with_the_allowed_methods(
     client: httpx.AsyncClient, funded: Account
 ) -> None:
