@@ -73,6 +73,34 @@ FORBIDDEN = {
         NEW_TRANSACTION + " VALUES ({user}, 'deposit', repeat('k', 101), '\\x00', 'USDT', 1, 1)",
         "idempotency_key",
     ),
+    "an infinite balance": (
+        "UPDATE accounts SET balance = 'Infinity' WHERE id = {wallet}",
+        "non_negative_amount",
+    ),
+    "a balance that is not a number": (
+        "UPDATE accounts SET balance = 'NaN' WHERE id = {wallet}",
+        "non_negative_amount",
+    ),
+    "an infinite movement": (
+        NEW_TRANSACTION + " VALUES ({user}, 'deposit', 'k', '\\x00', 'USDT', 'Infinity', 1)",
+        "positive_amount",
+    ),
+    "an entry of minus infinity": (
+        "INSERT INTO entries (transaction_id, account_id, asset, amount)"
+        " SELECT id, {wallet}, 'USDT', '-Infinity' FROM transactions WHERE user_id = {user}",
+        "nonzero_amount",
+    ),
+    "no limit written as an infinite max_amount": (
+        "UPDATE assets SET max_amount = 'Infinity' WHERE code = 'BTC'",
+        "assets_max_amount_finite",
+    ),
+    "a scale below a market's step": ("UPDATE assets SET scale = 4 WHERE code = 'BTC'", "market BTCUSDT"),
+    "a scale below an amount in the ledger": (
+        "INSERT INTO assets (code, scale, max_amount) VALUES ('FINE', 8, 1000);"
+        " SELECT * FROM deposit({user}, 'FINE', 0.00000001, 'fine');"
+        " UPDATE assets SET scale = 2 WHERE code = 'FINE'",
+        "ledger holds",
+    ),
     "an entry of zero": (
         "INSERT INTO entries (transaction_id, account_id, asset, amount)"
         " SELECT id, {wallet}, 'USDT', 0 FROM transactions WHERE user_id = {user}",
@@ -93,6 +121,15 @@ async def test_the_ledger_tables_refuse_what_their_rules_forbid(
             await rolled_back.execute(statement.format(user=user_id, wallet=wallet_id))
     # Refused whole: the wallet is as it was.
     assert await rolled_back.fetchval("SELECT balance FROM accounts WHERE id = $1", wallet_id) == 1000
+
+
+async def test_a_scale_may_shrink_to_what_the_ledger_holds(rolled_back: asyncpg.Connection) -> None:
+    user_id, _ = await _user_with_usdt(rolled_back, "coarse@example.com")
+    await rolled_back.execute("INSERT INTO assets (code, scale, max_amount) VALUES ('COARSE', 8, 1000)")
+    await rolled_back.fetchrow("SELECT * FROM deposit($1, 'COARSE', 1.5, 'coarse')", user_id)
+    await rolled_back.execute("UPDATE assets SET scale = 1 WHERE code = 'COARSE'")
+    [wallet] = await repo.wallets_for_user(rolled_back, user_id, "COARSE")
+    assert str(wallet.balance) == "1.5"
 
 
 async def test_a_dba_change_to_a_market_or_an_asset_reaches_the_next_trade(
@@ -240,7 +277,8 @@ async def test_008_moves_the_checks_to_domains_without_rewriting_a_table(
             markets_before = await conn.fetch(TRADE_MARKETS)
             files_before = await _filenodes(conn)
 
-            assert await migrate(url) == ["008_statement_costs"]
+            shutil.copy(next(p for p in migration_files() if p.stem.startswith("008")), tmp_path)
+            assert await migrate(url, tmp_path) == ["008_statement_costs"]
 
             assert await _filenodes(conn) == files_before  # no table rewritten
             assert await conn.fetch("SELECT id, asset, balance FROM accounts ORDER BY id") == wallets_before
@@ -266,6 +304,17 @@ async def test_008_moves_the_checks_to_domains_without_rewriting_a_table(
             )
             # 1,000 - 50 for the buy + 45 - a fee of 0.05 (0.045 rounded up) for the sell
             assert sold["quote_balance_after"] == Decimal("994.95")
+            assert await repo.audit(conn) == []
+
+            # 009 on top: the new rules are checked against these rows, and the seed
+            # deposit made before it replays.
+            assert await migrate(url) == ["009_replays_and_limits"]
+            finite = await conn.fetchval(
+                "SELECT count(*) FROM pg_constraint WHERE conname LIKE '%finite' AND convalidated"
+            )
+            assert finite == 4
+            replayed = await conn.fetchrow("SELECT * FROM deposit($1, 'USDT', 1000, 'schema-seed')", user_id)
+            assert replayed["replayed"] and replayed["balance_after"] == Decimal("1000.00")
             assert await repo.audit(conn) == []
         finally:
             await conn.close()
