@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 
@@ -110,35 +109,42 @@ async def test_a_retry_replays_after_a_dba_changed_the_assets_rules(
     client: httpx.AsyncClient, db: asyncpg.Pool, new_user: Callable[[], Awaitable[Account]]
 ) -> None:
     """A movement that passed the rules of its day is a replay whatever the rules say
-    now: a lower max_amount, or a larger scale (250.50 is 250.50000000)."""
-    asset = "RP" + secrets.token_hex(4).upper()
-    await db.execute("INSERT INTO assets (code, scale, max_amount) VALUES ($1, 2, 1000)", asset)
+    now: a lower max_amount, or a larger scale (250.50 is 250.5000000000)."""
+    rules = await db.fetchrow("SELECT scale, max_amount FROM assets WHERE code = 'SOL'")
     victor = await new_user()
     k_in, k_out = key(), key()
-    deposited = await move(client, victor, "deposit", "250.50", asset=asset, idempotency_key=k_in)
-    withdrawn = await move(client, victor, "withdraw", "200", asset=asset, idempotency_key=k_out)
-    assert deposited.status_code == withdrawn.status_code == 201, withdrawn.text
+    try:
+        deposited = await move(client, victor, "deposit", "250.50", asset="SOL", idempotency_key=k_in)
+        withdrawn = await move(client, victor, "withdraw", "200", asset="SOL", idempotency_key=k_out)
+        assert deposited.status_code == withdrawn.status_code == 201, withdrawn.text
 
-    await db.execute("UPDATE assets SET max_amount = 100 WHERE code = $1", asset)
-    for first, kind, amount, k in (
-        (deposited, "deposit", "250.50", k_in),
-        (withdrawn, "withdraw", "200", k_out),
-    ):
-        again = await move(client, victor, kind, amount, asset=asset, idempotency_key=k)
+        await db.execute("UPDATE assets SET max_amount = 100 WHERE code = 'SOL'")
+        for first, kind, amount, k in (
+            (deposited, "deposit", "250.50", k_in),
+            (withdrawn, "withdraw", "200", k_out),
+        ):
+            again = await move(client, victor, kind, amount, asset="SOL", idempotency_key=k)
+            assert again.status_code == 201, again.text
+            assert again.json() == first.json() and again.headers["idempotency-replayed"] == "true"
+        # A new request is held to the new rules; another amount under a used key is refused.
+        fresh = await move(client, victor, "deposit", "250.50", asset="SOL")
+        assert fresh.json()["error"]["code"] == "invalid_amount"
+        other = await move(client, victor, "deposit", "250.51", asset="SOL", idempotency_key=k_in)
+        assert (other.status_code, other.json()["error"]["code"]) == (422, "idempotency_key_reused")
+
+        await db.execute(
+            "UPDATE assets SET scale = 10, max_amount = $1 WHERE code = 'SOL'", rules["max_amount"]
+        )
+        again = await move(client, victor, "deposit", "250.5", asset="SOL", idempotency_key=k_in)
         assert again.status_code == 201, again.text
-        assert again.json() == first.json() and again.headers["idempotency-replayed"] == "true"
-    # A new request is held to the new rules; another amount under a used key is refused.
-    assert (await move(client, victor, "deposit", "250.50", asset=asset)).json()["error"][
-        "code"
-    ] == "invalid_amount"
-    other = await move(client, victor, "deposit", "250.51", asset=asset, idempotency_key=k_in)
-    assert (other.status_code, other.json()["error"]["code"]) == (422, "idempotency_key_reused")
-
-    await db.execute("UPDATE assets SET scale = 8, max_amount = 1000 WHERE code = $1", asset)
-    again = await move(client, victor, "deposit", "250.5", asset=asset, idempotency_key=k_in)
-    assert again.status_code == 201, again.text
-    assert again.json() == deposited.json() and again.headers["idempotency-replayed"] == "true"
-    assert await balance(client, victor, asset) == "50.50000000"
+        assert again.json() == deposited.json() and again.headers["idempotency-replayed"] == "true"
+        assert await balance(client, victor, "SOL") == "50.5000000000"
+    finally:  # the other tests share this database
+        await db.execute(
+            "UPDATE assets SET scale = $1, max_amount = $2 WHERE code = 'SOL'",
+            rules["scale"],
+            rules["max_amount"],
+        )
     assert await _transactions_with_key(db, victor, k_in) == 1
     assert await audit(db) == []
 

@@ -261,6 +261,8 @@ async def test_orders_of_the_wrong_types_are_400(
         "before=0",
         "kind=refund",
         "asset=" + "A" * 13,
+        "asset=!!",
+        "asset=",
     ],
 )
 async def test_page_sizes_and_filters_of_the_history_are_bounded(

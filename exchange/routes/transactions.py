@@ -10,8 +10,7 @@ from litestar.params import FromQuery, PathParameter, QueryParameter
 
 from exchange import repo
 from exchange.errors import ExchangeError, documented
-from exchange.routes.wallets import asset_code
-from exchange.schemas import ID_MAX, Transaction, TransactionKind, TransactionPage
+from exchange.schemas import ASSET_PATTERN, ID_MAX, Transaction, TransactionKind, TransactionPage
 from exchange.security import AuthUser
 
 PAGE_SIZE_MAX = 100
@@ -31,9 +30,11 @@ async def list_transactions(
         int | None, QueryParameter(ge=1, le=ID_MAX, description="`next_before` of the previous page")
     ] = None,
     kind: FromQuery[TransactionKind | None] = None,
-    asset: Annotated[str | None, QueryParameter(max_length=12)] = None,
+    asset: Annotated[
+        str | None, QueryParameter(pattern=ASSET_PATTERN, description="an asset code, any case")
+    ] = None,
 ) -> TransactionPage:
-    code = None if asset is None else asset_code(asset)
+    code = None if asset is None else asset.upper()  # malformed: 400 by the pattern
     page = await repo.transactions_for_user(
         state.pool, request.user.id, before=before, kind=kind, asset=code, limit=limit
     )
