@@ -27,6 +27,7 @@ from exchange.errors import exception_handlers
 from exchange.logs import configure_logging
 from exchange.metrics import metrics_endpoint, worker_stopped
 from exchange.money import Money
+from exchange.movement_batches import MovementBatches
 from exchange.observability import observe
 from exchange.openapi import schema_plugins
 from exchange.prices.binance import BinanceClient, create_http_client
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         state.rate_limiter = RateLimiter(state.redis, settings.redis_prefix, limits_from(settings))
         state.verified_tokens = VerifiedTokens(settings)
         state.user_turns = UserTurns(max_wait_ms=settings.db_lock_timeout_ms)
+        state.movements = MovementBatches.from_settings(state.pool, settings)
         state.denylist = Denylist(
             state.pool, state.redis, prefix=settings.redis_prefix, reload_ms=settings.auth_reload_ms
         )

@@ -26,6 +26,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # is rolled back whole and answers 503 service_unavailable (safe to retry).
     db_statement_timeout_ms: Annotated[int, msgspec.Meta(ge=100, le=600_000)] = 10_000
     db_lock_timeout_ms: Annotated[int, msgspec.Meta(ge=10, le=600_000)] = 5_000
+    # Money movements go to PostgreSQL in batches (exchange/movement_batches.py): at
+    # most this many calls at once per worker (each holds a pooled connection), each
+    # carrying up to MOVEMENT_BATCH_MAX movements. MOVEMENT_BATCH_MAX=1 sends each alone.
+    movement_batch_lanes: Annotated[int, msgspec.Meta(ge=1, le=100)] = 2
+    movement_batch_max: Annotated[int, msgspec.Meta(ge=1, le=32)] = 32
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Redis connections per worker; a request waits for a free one rather than failing.
     redis_max_connections: Annotated[int, msgspec.Meta(ge=2, le=10_000)] = 100

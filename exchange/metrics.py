@@ -60,6 +60,11 @@ MOVEMENTS = Counter(
     "(ok, replayed, or the error code).",
     ["kind", "outcome"],
 )
+MOVEMENTS_PER_CALL = Histogram(
+    "exchange_movements_per_call",
+    "Money movements sent to PostgreSQL in one call (exchange/movement_batches.py).",
+    buckets=(1, 2, 4, 8, 16, 32),
+)
 # inc/dec rather than set: several feeds may share a process (tests), and livesum adds
 # the live workers up, so a host shows 1 while one of its workers polls for everyone.
 FEED_LEADER = Gauge(

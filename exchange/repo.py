@@ -18,6 +18,7 @@ from exchange.queries import Q
 from exchange.schemas import HouseBalance, Transaction, User, Violation, Wallet
 
 Pool = FairPool
+TRANSACTION_FIELDS = Transaction.__struct_fields__
 # Where a function also serves the CLI, a single connection does as well as the pool.
 Executor = FairPool | asyncpg.Connection
 
@@ -94,7 +95,7 @@ async def deposit(
 ) -> tuple[Transaction, bool]:
     """(transaction, replayed): replayed is True when the key was used before."""
     row = await pool.fetchrow(Q.deposit, user_id, asset, amount, idempotency_key)
-    return _movement(row)
+    return movement(row)
 
 
 async def withdraw(
@@ -102,7 +103,7 @@ async def withdraw(
 ) -> tuple[Transaction, bool]:
     """(transaction, replayed): replayed is True when the key was used before."""
     row = await pool.fetchrow(Q.withdraw, user_id, asset, amount, idempotency_key)
-    return _movement(row)
+    return movement(row)
 
 
 async def trade(
@@ -134,7 +135,7 @@ async def trade(
         price_valid_ms,
         idempotency_key,
     )
-    return _movement(row)
+    return movement(row)
 
 
 async def house_balances(pool: Pool) -> list[HouseBalance]:
@@ -150,10 +151,17 @@ async def ping(pool: Pool) -> None:
     await pool.fetchval(Q.ping)
 
 
-def _movement(row: Any) -> tuple[Transaction, bool]:
-    fields = dict(row)
-    replayed = fields.pop("replayed")
-    return Transaction(**fields), replayed
+async def movements(connection: asyncpg.Connection, columns: list[list[Any]]) -> list[asyncpg.Record]:
+    """Many movements in one call (sql/queries/movements.sql): one row each, its
+    movement_result's columns or its error; see exchange/movement_batches.py."""
+    return await connection.fetch(Q.movements, *columns)
+
+
+def movement(row: Any) -> tuple[Transaction, bool]:
+    """(transaction, replayed) from a movement_result row, or a movement_outcome
+    row without an error."""
+    replayed = row["replayed"]
+    return Transaction(**{name: row[name] for name in TRANSACTION_FIELDS}), replayed
 
 
 async def market_symbols(pool: Executor) -> list[str]:

@@ -11,7 +11,6 @@ rules (step, minimum notional, active) and the price guard are checked in SQL
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Mapping
 
@@ -19,9 +18,9 @@ from litestar import Request, post
 from litestar.datastructures import State
 from litestar.params import JSONBody
 
-from exchange import repo
 from exchange.errors import documented
 from exchange.metrics import note_movement
+from exchange.movement_batches import Movement
 from exchange.prices.binance import PriceUnavailable, Quote
 from exchange.prices.cache import PriceCache, as_price
 from exchange.responses import ExchangeResponse
@@ -93,24 +92,23 @@ async def place_order(
         published = published_price(latest, symbol, state.prices.fresh_ms)
         if published is not None and (price is None or published.fetched_at > price.fetched_at):
             price, read_at = published, time.monotonic()
-        async with state.pool.acquire() as connection:
-            # What is left of the price's validity after the waits for the turn and the
-            # connection, for the lock wait (checked in SQL); zero or less refuses it
-            # there, unless the order replays an earlier one.
-            waited_ms = math.ceil((time.monotonic() - read_at) * 1000)
-            trade, replayed = await repo.trade(
-                connection,
-                data.side,
-                request.user.id,
-                symbol,
-                quantity,
-                quote_quantity,
-                guard,
-                None if price is None else price.price,
-                None if price is None else price.fetched_at,
-                None if price is None else max_age_ms - price.age_ms - waited_ms,
-                idempotency_key,
-            )
+        # The price may be used until it is max_age_ms old: what is left of that when
+        # the call is sent (after the waits for a batch and a connection) bounds the
+        # wait for the wallets' locks, checked in SQL; zero or less refuses the price
+        # there, unless the order replays an earlier one.
+        movement = Movement(
+            data.side,
+            request.user.id,
+            symbol,
+            quantity,
+            idempotency_key,
+            quote_quantity,
+            guard,
+            None if price is None else price.price,
+            None if price is None else price.fetched_at,
+            None if price is None else read_at + (max_age_ms - price.age_ms) / 1000,
+        )
+        trade, replayed = await state.movements.move(movement)
     # Both balances as the trade left them (stored on it, so a replay answers the same).
     wallets = [
         Wallet(asset=trade.asset, balance=trade.balance_after),

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
-from decimal import Decimal
 from typing import Annotated
 
 from litestar import Request, get, post
@@ -15,6 +13,7 @@ from litestar.params import HeaderParameter, JSONBody, PathParameter
 from exchange import repo
 from exchange.errors import ExchangeError, documented
 from exchange.metrics import note_movement
+from exchange.movement_batches import Movement
 from exchange.responses import ExchangeResponse
 from exchange.schemas import ASSET_PATTERN, IDEMPOTENCY_KEY_PATTERN, AmountRequest, Transaction, Wallet
 from exchange.security import AuthUser
@@ -36,8 +35,6 @@ AssetCode = Annotated[
     PathParameter(description="An asset code such as USDT (any case).", examples=[Example(value="USDT")]),
 ]
 _ASSET = re.compile(ASSET_PATTERN)
-
-Movement = Callable[[repo.Pool, int, str, Decimal, str], Awaitable[tuple[Transaction, bool]]]
 
 
 def asset_code(asset: str) -> str:
@@ -89,7 +86,7 @@ async def deposit(
     state: State,
 ) -> ExchangeResponse[Transaction]:
     note_movement(request, "deposit")
-    return await _move(repo.deposit, asset, data, idempotency_key, request, state)
+    return await _move("deposit", asset, data, idempotency_key, request, state)
 
 
 @post(
@@ -106,11 +103,11 @@ async def withdraw(
     state: State,
 ) -> ExchangeResponse[Transaction]:
     note_movement(request, "withdraw")
-    return await _move(repo.withdraw, asset, data, idempotency_key, request, state)
+    return await _move("withdrawal", asset, data, idempotency_key, request, state)
 
 
 async def _move(
-    movement: Movement,
+    kind: str,
     asset: str,
     data: AmountRequest,
     idempotency_key: str,
@@ -119,6 +116,7 @@ async def _move(
 ) -> ExchangeResponse[Transaction]:
     code, amount = asset_code(asset), data.checked_amount()
     async with state.user_turns.turn(request.user.id):
-        transaction, replayed = await movement(state.pool, request.user.id, code, amount, idempotency_key)
+        movement = Movement(kind, request.user.id, code, amount, idempotency_key)
+        transaction, replayed = await state.movements.move(movement)
     headers = {"Idempotency-Replayed": "true"} if replayed else None
     return ExchangeResponse(transaction, status_code=201, headers=headers)

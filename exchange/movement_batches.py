@@ -1,0 +1,201 @@
+"""Money movements sent to PostgreSQL in batches: many movements, one call.
+
+A movement alone costs PostgreSQL a transaction, a WAL flush and a round trip, and under
+load those cost more than its statements. So each worker sends its movements through a
+few lanes (MOVEMENT_BATCH_LANES, each one pooled connection at a time): a movement that
+arrives while every lane is busy waits for the next free one, and goes with the others
+that arrived meanwhile, up to MOVEMENT_BATCH_MAX, in one call of movements() (sql/
+migrations/010_movement_batches.sql). There each movement runs in its own
+subtransaction, so it succeeds or fails alone, and all commit together. A quiet server
+finds a lane free and sends each movement alone, through its own function, as before.
+
+Nothing changes for the caller: `move` answers the movement's (transaction, replayed)
+or raises the PostgresError its own call would have raised. A movement that a batch
+could not lock at once (55P03: the batch waits for locks only briefly, since it holds
+others') is sent again alone, with the usual lock timeout; so is every movement of a
+call refused whole for a value it could not take.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, NamedTuple, cast
+
+import asyncpg
+from asyncpg.exceptions._base import DataError as ClientDataError
+
+from exchange import repo
+from exchange.config import Settings
+from exchange.metrics import MOVEMENTS_PER_CALL
+from exchange.schemas import Transaction
+
+Answer = tuple[Transaction, bool]
+LOCK_NOT_AVAILABLE = "55P03"
+
+
+class Movement(NamedTuple):
+    """One money movement, as the SQL functions take it."""
+
+    kind: str  # 'deposit', 'withdrawal', 'buy' or 'sell'
+    user_id: int
+    subject: str  # the asset (deposit, withdrawal) or the symbol (buy, sell)
+    amount: Decimal | None  # the amount, or a trade's quantity
+    idempotency_key: str
+    quote_quantity: Decimal | None = None
+    price_guard: Decimal | None = None
+    price: Decimal | None = None
+    price_at: datetime | None = None
+    # time.monotonic() past which the price may not be used (None: no price).
+    price_valid_until: float | None = None
+
+    def price_valid_ms(self) -> int | None:
+        """How much longer the price may be used, counted when the call is sent."""
+        if self.price_valid_until is None:
+            return None
+        return math.floor((self.price_valid_until - time.monotonic()) * 1000)
+
+
+async def move_alone(executor: repo.Executor, movement: Movement) -> Answer:
+    """The movement through its own function (sql/queries/deposit.sql...)."""
+    if movement.kind in ("deposit", "withdrawal"):
+        move = repo.deposit if movement.kind == "deposit" else repo.withdraw
+        amount = cast(Decimal, movement.amount)
+        return await move(executor, movement.user_id, movement.subject, amount, movement.idempotency_key)
+    return await repo.trade(
+        executor,
+        "buy" if movement.kind == "buy" else "sell",
+        movement.user_id,
+        movement.subject,
+        movement.amount,
+        movement.quote_quantity,
+        movement.price_guard,
+        movement.price,
+        movement.price_at,
+        movement.price_valid_ms(),
+        movement.idempotency_key,
+    )
+
+
+def columns(movements: list[Movement]) -> list[list[Any]]:
+    """movements()'s ten arrays, one element per movement."""
+    return [
+        [m.kind for m in movements],
+        [m.user_id for m in movements],
+        [m.subject for m in movements],
+        [m.amount for m in movements],
+        [m.quote_quantity for m in movements],
+        [m.price_guard for m in movements],
+        [m.price for m in movements],
+        [m.price_at for m in movements],
+        [m.price_valid_ms() for m in movements],
+        [m.idempotency_key for m in movements],
+    ]
+
+
+def error_of(row: asyncpg.Record) -> asyncpg.PostgresError:
+    """The exception the movement's own call would have raised."""
+    fields = {"S": "ERROR", "C": row["error_sqlstate"], "M": row["error_message"]}
+    if row["error_detail"]:
+        fields["D"] = row["error_detail"]
+    if row["error_constraint"]:
+        fields["n"] = row["error_constraint"]
+    return asyncpg.PostgresError.new(fields)  # type: ignore[no-any-return]
+
+
+class MovementBatches:
+    def __init__(self, pool: repo.Pool, *, lanes: int, batch_max: int) -> None:
+        self._pool = pool
+        self._lanes = lanes
+        self._batch_max = batch_max
+        self._busy = 0
+        self._waiting: deque[tuple[Movement, asyncio.Future[Answer | None]]] = deque()
+        self._send_scheduled = False
+
+    @classmethod
+    def from_settings(cls, pool: repo.Pool, settings: Settings) -> MovementBatches:
+        # A lane holds a connection while it sends; leave at least one for reads.
+        lanes = max(1, min(settings.movement_batch_lanes, settings.db_pool_max_size - 1))
+        return cls(pool, lanes=lanes, batch_max=settings.movement_batch_max)
+
+    async def move(self, movement: Movement) -> Answer:
+        future: asyncio.Future[Answer | None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((movement, future))
+        if not self._send_scheduled:
+            # At the end of this turn of the event loop, so that the movements that
+            # arrived together (one read from many sockets) leave together.
+            self._send_scheduled = True
+            asyncio.get_running_loop().call_soon(self._send_waiting)
+        answer = await future
+        if answer is None:  # a batch could not lock its wallets at once
+            async with self._pool.acquire() as connection:
+                return await move_alone(connection, movement)
+        return answer
+
+    def _send_waiting(self) -> None:
+        self._send_scheduled = False
+        while self._waiting and self._busy < self._lanes:
+            batch = []
+            while self._waiting and len(batch) < self._batch_max:
+                movement, future = self._waiting.popleft()
+                if not future.done():  # its request was cancelled: never sent
+                    batch.append((movement, future))
+            if batch:
+                self._busy += 1
+                asyncio.get_running_loop().create_task(self._send(batch))
+
+    async def _send(self, batch: list[tuple[Movement, asyncio.Future[Answer | None]]]) -> None:
+        try:
+            async with self._pool.acquire() as connection:
+                # Built once the connection is there: a price's validity counts the wait.
+                movements = [movement for movement, _ in batch]
+                MOVEMENTS_PER_CALL.observe(len(batch))
+                if len(batch) == 1:
+                    answer = await move_alone(connection, movements[0])
+                    _settle(batch[0][1], answer)
+                    return
+                try:
+                    rows = await repo.movements(connection, columns(movements))
+                except (asyncpg.DataError, ClientDataError):
+                    # A value PostgreSQL or the driver cannot take (the routes' checks
+                    # should let none through) refuses the whole call: send each
+                    # movement alone, so that only the one at fault fails.
+                    for _, future in batch:
+                        _settle(future, None)
+                    return
+            for row in rows:
+                future = batch[row["ordinal"] - 1][1]
+                sqlstate = row["error_sqlstate"]
+                if sqlstate is None:
+                    _settle(future, repo.movement(row))
+                elif sqlstate == LOCK_NOT_AVAILABLE:
+                    _settle(future, None)
+                else:
+                    _fail(future, error_of(row))
+        except asyncio.CancelledError:
+            for _, future in batch:
+                future.cancel()
+            raise
+        except Exception as exc:  # noqa: BLE001 - the call as a whole failed, so each movement did
+            for _, future in batch:
+                _fail(future, exc)
+        finally:
+            for _, future in batch:  # never leave a request waiting forever
+                _fail(future, RuntimeError("movements() answered no row for this movement"))
+            self._busy -= 1
+            if self._waiting:
+                self._send_waiting()
+
+
+def _settle(future: asyncio.Future[Answer | None], answer: Answer | None) -> None:
+    if not future.done():
+        future.set_result(answer)
+
+
+def _fail(future: asyncio.Future[Answer | None], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
