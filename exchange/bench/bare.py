@@ -3,9 +3,10 @@ an asyncpg pool made like the product's (exchange/db.py). Not routes of the prod
 `exchange bench --ceiling` serves them under the same uvicorn settings as `exchange serve`.
 
 - GET /select1: runs `SELECT 1`, the HTTP + driver ceiling.
-- POST /deposit/{user_id}: calls the product's own deposit() function (1 USDT, a random
-  idempotency key) with no authentication, validation, logging or metrics around it:
-  the ceiling of a durable money movement through this framework and driver.
+- POST /deposit/{user_id}: the product's own deposit (1 USDT, a random idempotency key),
+  sent in batches as the product sends it (exchange/movement_batches.py), with no
+  authentication, validation, logging or metrics around it: the ceiling of a durable
+  money movement through this framework and driver.
 
     python -m exchange.bench.bare --port 8001 --workers 2
 """
@@ -22,9 +23,9 @@ from decimal import Decimal
 from litestar import Litestar, get, post
 from litestar.datastructures import State
 
-from exchange import repo
 from exchange.config import settings_from_env
 from exchange.db import create_pool
+from exchange.movement_batches import Movement, MovementBatches
 from exchange.serving import run_uvicorn
 
 ONE = Decimal("1.00")
@@ -37,7 +38,8 @@ async def select1(state: State) -> dict[str, int]:
 
 @post("/deposit/{user_id:int}", status_code=201)
 async def deposit(user_id: int, state: State) -> dict[str, str]:
-    transaction, _ = await repo.deposit(state.pool, user_id, "USDT", ONE, secrets.token_hex(8))
+    movement = Movement("deposit", user_id, "USDT", ONE, secrets.token_hex(8))
+    transaction, _ = await state.movements.move(movement)
     return {"id": str(transaction.id), "balance_after": str(transaction.balance_after)}
 
 
@@ -47,6 +49,7 @@ def create_app() -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.pool = await create_pool(settings)
+        app.state.movements = MovementBatches.from_settings(app.state.pool, settings)
         try:
             yield
         finally:
