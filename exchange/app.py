@@ -24,7 +24,7 @@ from exchange.config import Settings, settings_from_env
 from exchange.db import create_pool
 from exchange.denylist import Denylist
 from exchange.errors import exception_handlers
-from exchange.logs import configure_logging
+from exchange.logs import configure_logging, skip_unused_record_fields
 from exchange.metrics import metrics_endpoint, worker_stopped
 from exchange.money import Money
 from exchange.movement_batches import MovementBatches
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or settings_from_env()
     if not logging.getLogger().handlers:  # `exchange serve` has configured logging already
         configure_logging(settings.log_level, settings.log_format)
+    skip_unused_record_fields()
     # httpx logs every request at INFO: one line per price poll is noise.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 

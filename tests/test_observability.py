@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
 from exchange.config import Settings
-from exchange.logs import REQUEST_ID, JsonFormatter
+from exchange.logs import BLOCK_CHARS, FLUSH_SECONDS, REQUEST_ID, BlockStreamHandler, JsonFormatter
 from exchange.metrics_dir import VARIABLE, metrics_directory
 from exchange.sockets import free_port
 
@@ -184,6 +184,56 @@ def test_every_record_written_during_a_request_carries_its_id() -> None:
     assert line["request_id"] == "req-42" and line["message"] == "failed here" and line["level"] == "error"
     assert "ValueError: boom" in line["exc"] and line["logger"] == "exchange.test-observability"
     assert line["ts"].endswith("Z") and len(line["ts"]) == len("2026-11-24T23:10:29.064Z")
+
+
+class RecordedWrites(io.StringIO):
+    """A stream that keeps each write apart, as a pipe would receive them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+def test_log_lines_are_written_in_blocks_of_whole_lines_at_once_for_a_warning() -> None:
+    stream = RecordedWrites()
+    handler = BlockStreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    log = logging.getLogger("exchange.test-blocks")
+    log.addHandler(handler)
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    try:
+        for n in range(3):
+            log.info("line %d", n)
+        assert stream.writes == []  # gathered
+        log.warning("trouble")  # written at once, after the lines before it
+        assert [msgspec.json.decode(line)["message"] for line in stream.getvalue().splitlines()] == [
+            "line 0",
+            "line 1",
+            "line 2",
+            "trouble",
+        ]
+        for n in range(200):
+            log.info("busy %03d %s", n, "x" * n)
+        log.info("last")
+        deadline = time.monotonic() + 5
+        while "last" not in stream.getvalue():  # the flusher thread, within FLUSH_SECONDS
+            assert time.monotonic() < deadline, "an idle line was never written"
+            time.sleep(FLUSH_SECONDS / 4)
+        # Every write is whole lines, at most BLOCK_CHARS unless one line is longer: lines
+        # of workers sharing a pipe never interleave.
+        for text in stream.writes:
+            assert text.endswith("\n")
+            assert len(text) <= BLOCK_CHARS or text.count("\n") == 1
+        assert len(stream.writes) < 200  # blocks, not a write per line
+        assert len(stream.getvalue().splitlines()) == 205
+    finally:
+        log.removeHandler(handler)
+        handler.close()
 
 
 async def test_metrics_count_requests_and_money_movements_exactly(
