@@ -473,3 +473,68 @@ async def test_serve_with_two_workers_logs_json_and_metrics_add_up_every_worker(
                 value(metrics, "exchange_http_requests_total", route="/health", method="GET", status="200")
                 == sent
             )
+
+
+async def test_a_burst_of_keep_alive_connections_is_spread_over_the_workers(
+    database_url: str, service_urls: tuple[str, str]
+) -> None:
+    async with exchange_serve(database_url, service_urls[1], workers=2) as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+        # 64 connections opened at once, as `exchange bench` or a fleet of bots would: with
+        # one shared listening socket, the first worker awake took most of them (54 of 64).
+        connections = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", port) for _ in range(64)))
+        try:
+            workers: list[str] = []
+            for reader, writer in connections:
+                writer.write(b"GET /health HTTP/1.1\r\nHost: exchange\r\n\r\n")
+                head = (await reader.readuntil(b"\r\n\r\n")).decode()
+                [request_id] = [
+                    line.split(":", 1)[1].strip()
+                    for line in head.split("\r\n")
+                    if line.lower().startswith("x-request-id:")
+                ]
+                workers.append(request_id.rsplit("-", 1)[0])  # the worker's own prefix
+        finally:
+            for _, writer in connections:
+                writer.close()
+        per_worker = sorted(workers.count(worker) for worker in set(workers))
+        assert len(per_worker) == 2 and per_worker[0] >= 16, per_worker  # by hash: 32 +/- 4
+
+        # A second server on the same port is refused, not let in to share it.
+        second = subprocess.run(
+            [sys.executable, "-m", "exchange", "serve", "--port", str(port), "--workers", "2"],
+            env={**os.environ, "DATABASE_URL": database_url, "REDIS_URL": service_urls[1]},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode != 0 and "Address already in use" in second.stderr, second.stderr[-2000:]
+
+
+def failing_app() -> Any:
+    """An app whose start fails, as a worker's does when its database is unreachable."""
+    from litestar import Litestar
+
+    async def fail(_: Any) -> None:
+        raise RuntimeError("cannot start")
+
+    return Litestar(route_handlers=[], on_startup=[fail])
+
+
+def test_serve_stops_when_its_workers_cannot_start() -> None:
+    started = time.monotonic()
+    server = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from exchange.serving import run_uvicorn; "
+            f"run_uvicorn('test_observability:failing_app', '127.0.0.1', {free_port()}, 2, 'info', 'json')",
+        ],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert server.returncode == 3, server.stderr[-3000:]  # uvicorn's STARTUP_FAILURE
+    assert "failed to start; stopping" in server.stderr
+    assert time.monotonic() - started < 60
