@@ -55,7 +55,9 @@ def create_app() -> Litestar:
         finally:
             await app.state.pool.close()
 
-    return Litestar(route_handlers=[select1, deposit], lifespan=[lifespan], openapi_config=None)
+    return Litestar(
+        route_handlers=[select1, deposit], lifespan=[lifespan], openapi_config=None, logging_config=None
+    )
 
 
 if __name__ == "__main__":

@@ -123,11 +123,11 @@ async def bare_endpoints(
         args = [sys.executable, "-m", "exchange.bench.bare", "--port", str(port), "--workers", str(workers)]
         env = server_env(DATABASE_URL=database_url)
         async with process(args, env, log_dir / "bare.log", f"{url}/select1") as server_pid:
-            conns = await open_connections("127.0.0.1", port, connections)
             users = [[User("", "", id=row["id"])] for row in user_ids]
             windows: dict[str, list[Window]] = {op.name: [] for op in (SELECT1, BARE_DEPOSIT)}
-            try:
-                for _ in range(rounds):
+            for _ in range(rounds):
+                conns = await open_connections("127.0.0.1", port, connections)  # as run.py
+                try:
                     for op in (SELECT1, BARE_DEPOSIT):
                         window = await run_load(
                             conns,
@@ -140,7 +140,7 @@ async def bare_endpoints(
                             server_pid=server_pid,
                         )
                         windows[op.name].append(window)
-                return windows
-            finally:
-                for conn in conns:
-                    conn.close()
+                finally:
+                    for conn in conns:
+                        conn.close()
+            return windows

@@ -135,12 +135,14 @@ async def bench(settings: Settings, args: argparse.Namespace, scenarios: list[st
             users, setup = await set_up_users(http, args.users, args.connections)
             results["setup"] = {**setup, "bcrypt_rounds": bcrypt_rounds}
             host, port = host_port(url)
-            conns = await open_connections(host, port, args.connections)
             rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in scenarios}
-            try:
-                # Round by round, so each scenario's rounds are spread over the same time
-                # as the others' and a drift of the machine's speed reaches all of them.
-                for _ in range(args.rounds):
+            # Round by round, so each scenario's rounds are spread over the same time as
+            # the others' and a drift of the machine's speed reaches all of them. New
+            # connections each round: the kernel spreads them over the server's workers
+            # by a hash, and one unlucky spread must not weigh on every round.
+            for _ in range(args.rounds):
+                conns = await open_connections(host, port, args.connections)
+                try:
                     for name in scenarios:
                         per_conn = [[users[0]]] * args.connections if name == "hot" else [
                             users[i :: args.connections] for i in range(args.connections)
@@ -156,9 +158,9 @@ async def bench(settings: Settings, args: argparse.Namespace, scenarios: list[st
                             server_pid=server_pid,
                         )
                         rounds[name].append(report.window_summary(window))
-            finally:
-                for conn in conns:
-                    conn.close()
+                finally:
+                    for conn in conns:
+                        conn.close()
             results["scenarios"] = {name: report.median_round(each) for name, each in rounds.items()}
             results["balances"] = await check_balances(http, users)
             results["audit"] = await run_audit(http, admin)
