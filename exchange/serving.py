@@ -27,6 +27,7 @@ import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
 from exchange.logs import logging_config
+from exchange.sockets import bound_socket
 
 log = logging.getLogger("exchange.serving")
 # How long a stopping worker may finish its requests before it is killed.
@@ -54,20 +55,10 @@ def run_uvicorn(factory: str, host: str, port: int, workers: int, log_level: str
     raise SystemExit(Supervisor(factory, options, workers).run())
 
 
-def reuse_port_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to (host, port) with SO_REUSEPORT, not yet listening."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    return sock
-
-
 def serve_worker(factory: str, options: dict[str, Any]) -> None:
     """One worker process: uvicorn on a listening socket of its own."""
     config = uvicorn.Config(factory, **options)  # sets up this process's logging
-    sock = reuse_port_socket(options["host"], options["port"])
+    sock = bound_socket(options["host"], options["port"], reuse_port=True)
     uvicorn.Server(config).run(sockets=[sock])  # listens; SIGINT/SIGTERM stop it gracefully
 
 
@@ -86,7 +77,7 @@ class Supervisor:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
-        holder = reuse_port_socket(host, port)
+        holder = bound_socket(host, port, reuse_port=True)
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: self._stop.set())
         workers = [self._start() for _ in range(self._count)]
