@@ -28,7 +28,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     db_lock_timeout_ms: Annotated[int, msgspec.Meta(ge=10, le=600_000)] = 5_000
     # Money movements go to PostgreSQL in batches (exchange/movement_batches.py): at
     # most this many calls at once per worker (each holds a pooled connection), each
-    # carrying up to MOVEMENT_BATCH_MAX movements. MOVEMENT_BATCH_MAX=1 sends each alone.
+    # carrying up to MOVEMENT_BATCH_MAX movements. MOVEMENT_BATCH_MAX=1: one per call.
     movement_batch_lanes: Annotated[int, msgspec.Meta(ge=1, le=100)] = 2
     movement_batch_max: Annotated[int, msgspec.Meta(ge=1, le=32)] = 32
     redis_url: str = "redis://127.0.0.1:6379/0"

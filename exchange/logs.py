@@ -28,11 +28,12 @@ import msgspec
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 _encode = msgspec.json.Encoder().encode
-# Buffered lines are written at least this often, and once they reach BLOCK_CHARS.
+# Buffered lines are written at least this often, and once they reach BLOCK_BYTES.
 FLUSH_SECONDS = 0.1
 # Whole lines, at most this many bytes per write: up to PIPE_BUF, a write to a pipe is
-# never split, so the lines of workers sharing one pipe never interleave.
-BLOCK_CHARS = getattr(select, "PIPE_BUF", 512)
+# never split, so the lines of workers sharing one pipe never interleave (a line longer
+# than that, a traceback say, is written alone and may be).
+BLOCK_BYTES = getattr(select, "PIPE_BUF", 512)
 
 _pid = os.getpid()
 
@@ -62,14 +63,14 @@ def skip_unused_record_fields() -> None:
 
 class BlockStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """A StreamHandler that gathers lines and writes them in blocks of whole lines: at
-    once for a WARNING or worse, else when BLOCK_CHARS are waiting or FLUSH_SECONDS have
+    once for a WARNING or worse, else when BLOCK_BYTES are waiting or FLUSH_SECONDS have
     passed (a thread per process). Up to FLUSH_SECONDS of INFO lines are lost if the
     process is killed; an ordinary exit writes them (logging.shutdown)."""
 
     def __init__(self, stream: Any = None) -> None:
         super().__init__(stream)
-        self._lines: list[str] = []
-        self._chars = 0
+        self._lines: list[tuple[str, int]] = []  # (line, its size in bytes)
+        self._bytes = 0
         self._flusher_pid = 0
         self._stopping = threading.Event()
 
@@ -79,9 +80,10 @@ class BlockStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:  # noqa: BLE001 - as logging's own handlers do
             self.handleError(record)
             return
-        self._lines.append(line)
-        self._chars += len(line)
-        if record.levelno >= logging.WARNING or self._chars >= BLOCK_CHARS:
+        size = len(line) if line.isascii() else len(line.encode())
+        self._lines.append((line, size))
+        self._bytes += size
+        if record.levelno >= logging.WARNING or self._bytes >= BLOCK_BYTES:
             self._write()
         elif self._flusher_pid != _pid:  # none yet in this process
             self._flusher_pid = _pid
@@ -103,17 +105,17 @@ class BlockStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def _write(self) -> None:
         if not self._lines:
             return
-        lines, self._lines, self._chars = self._lines, [], 0
+        lines, self._lines, self._bytes = self._lines, [], 0
         try:
             block: list[str] = []
-            size = 0
-            for line in lines:
-                if block and size + len(line) > BLOCK_CHARS:
+            block_bytes = 0
+            for line, size in lines:
+                if block and block_bytes + size > BLOCK_BYTES:
                     self.stream.write("".join(block))
                     self.stream.flush()
-                    block, size = [], 0
+                    block, block_bytes = [], 0
                 block.append(line)
-                size += len(line)
+                block_bytes += size
             self.stream.write("".join(block))
             self.stream.flush()
         except Exception:  # noqa: BLE001 - a log write must never fail a request

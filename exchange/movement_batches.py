@@ -7,7 +7,9 @@ arrives while every lane is busy waits for the next free one, and goes with the 
 that arrived meanwhile, up to MOVEMENT_BATCH_MAX, in one call of movements() (sql/
 migrations/010_movement_batches.sql). There each movement runs in its own
 subtransaction, so it succeeds or fails alone, and all commit together. A quiet server
-finds a lane free and sends each movement alone, through its own function, as before.
+finds a lane free and sends each movement in a call of its own. Even alone, a movement
+in a lane waits for a lock only briefly (movements() cuts the wait), so a wallet locked
+elsewhere never holds a lane, and with it the worker's other users, for long.
 
 Nothing changes for the caller: `move` answers the movement's (transaction, replayed)
 or raises the PostgresError its own call would have raised. A movement that a batch
@@ -36,6 +38,9 @@ from exchange.schemas import Transaction
 
 Answer = tuple[Transaction, bool]
 LOCK_NOT_AVAILABLE = "55P03"
+# The longest a movement of a batch may wait for the locks of the movements before it:
+# movements() waits 100 ms for one lock, then 1 ms for each (010_movement_batches.sql).
+BATCH_WAIT_SECONDS = 0.2
 
 
 class Movement(NamedTuple):
@@ -115,6 +120,7 @@ class MovementBatches:
         self._busy = 0
         self._waiting: deque[tuple[Movement, asyncio.Future[Answer | None]]] = deque()
         self._send_scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_settings(cls, pool: repo.Pool, settings: Settings) -> MovementBatches:
@@ -123,6 +129,11 @@ class MovementBatches:
         return cls(pool, lanes=lanes, batch_max=settings.movement_batch_max)
 
     async def move(self, movement: Movement) -> Answer:
+        valid_until = movement.price_valid_until
+        if valid_until is not None and valid_until - time.monotonic() < BATCH_WAIT_SECONDS:
+            # A batch may wait this long for earlier movements' locks before this one's
+            # turn: a price about to expire is used at once, alone, or refused there.
+            return await self._alone(movement)
         future: asyncio.Future[Answer | None] = asyncio.get_running_loop().create_future()
         self._waiting.append((movement, future))
         if not self._send_scheduled:
@@ -132,9 +143,13 @@ class MovementBatches:
             asyncio.get_running_loop().call_soon(self._send_waiting)
         answer = await future
         if answer is None:  # a batch could not lock its wallets at once
-            async with self._pool.acquire() as connection:
-                return await move_alone(connection, movement)
+            return await self._alone(movement)
         return answer
+
+    async def _alone(self, movement: Movement) -> Answer:
+        """Outside the lanes, with the usual lock timeout (DB_LOCK_TIMEOUT_MS)."""
+        async with self._pool.acquire() as connection:
+            return await move_alone(connection, movement)
 
     def _send_waiting(self) -> None:
         self._send_scheduled = False
@@ -146,7 +161,9 @@ class MovementBatches:
                     batch.append((movement, future))
             if batch:
                 self._busy += 1
-                asyncio.get_running_loop().create_task(self._send(batch))
+                task = asyncio.get_running_loop().create_task(self._send(batch))
+                self._tasks.add(task)  # the loop keeps only a weak reference
+                task.add_done_callback(self._tasks.discard)
 
     async def _send(self, batch: list[tuple[Movement, asyncio.Future[Answer | None]]]) -> None:
         try:
@@ -154,10 +171,6 @@ class MovementBatches:
                 # Built once the connection is there: a price's validity counts the wait.
                 movements = [movement for movement, _ in batch]
                 MOVEMENTS_PER_CALL.observe(len(batch))
-                if len(batch) == 1:
-                    answer = await move_alone(connection, movements[0])
-                    _settle(batch[0][1], answer)
-                    return
                 try:
                     rows = await repo.movements(connection, columns(movements))
                 except (asyncpg.DataError, ClientDataError):

@@ -10,7 +10,7 @@ the platform has no SO_REUSEPORT, uvicorn's own mode serves.
 
 The supervisor (this process) holds the port without listening on it, so a second
 server on the same port fails at start instead of sharing it; it restarts a worker
-that dies, and stops every worker on SIGINT or SIGTERM. A worker that fails its own
+that dies, and stops every worker on SIGINT, SIGTERM or SIGHUP. A worker that fails its own
 start (the database unreachable, say) stops the server with that failure's exit code.
 """
 
@@ -20,7 +20,7 @@ import logging
 import multiprocessing
 import signal
 import socket
-import threading
+import time
 from typing import Any
 
 import uvicorn
@@ -67,7 +67,6 @@ class Supervisor:
         self._factory = factory
         self._options = options
         self._count = workers
-        self._stop = threading.Event()
         self._context = multiprocessing.get_context("spawn")
 
     def run(self) -> int:
@@ -77,21 +76,25 @@ class Supervisor:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
-        holder = bound_socket(host, port, reuse_port=True)
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: self._stop.set())
+        # Holds the port while the workers start: without SO_REUSEADDR, another server's
+        # probe cannot bind next to it; with SO_REUSEPORT, the workers can.
+        holder = bound_socket(host, port, reuse_port=True, reuse_address=False)
+        stop: list[int] = []  # a signal handler only appends (no lock it could wait on)
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, lambda signum, _: stop.append(signum))
         workers = [self._start() for _ in range(self._count)]
         log.info("serving on %s:%d with %d workers, one listening socket each", host, port, self._count)
         exit_code = 0
         try:
-            while not self._stop.wait(0.5):
+            while not stop:
+                time.sleep(0.5)
                 for index, worker in enumerate(workers):
-                    if worker.is_alive():
+                    if stop or worker.is_alive():
                         continue
                     if worker.exitcode == STARTUP_FAILURE:
                         log.error("worker %s failed to start; stopping", worker.pid)
                         exit_code = STARTUP_FAILURE
-                        self._stop.set()
+                        stop.append(0)
                         break
                     log.warning("worker %s exited (%s); starting another", worker.pid, worker.exitcode)
                     workers[index] = self._start()

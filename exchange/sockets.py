@@ -13,12 +13,15 @@ from __future__ import annotations
 import socket
 
 
-def bound_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+def bound_socket(
+    host: str, port: int, *, reuse_port: bool = False, reuse_address: bool = True
+) -> socket.socket:
     """A TCP socket bound to (host, port), not yet listening; with reuse_port, one of a
     group that share the port (exchange/serving.py)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_address:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -226,3 +226,23 @@ async def test_a_value_postgresql_refuses_fails_only_its_own_movement(
     assert not isinstance(results[0], str) and results[0][0].balance_after == Decimal("2.00")
     assert await db.fetchval("SELECT count(*) FROM transactions WHERE user_id = $1", bad) == 0
     assert await audit(db) == []
+
+
+async def test_a_movement_sent_alone_on_a_locked_wallet_does_not_hold_its_lane(
+    pool: FairPool, db: asyncpg.Pool
+) -> None:
+    batches = MovementBatches(pool, lanes=1, batch_max=32)
+    locked, other = await new_users(pool, 2, usdt="10")
+    async with db.acquire() as dba:
+        transaction = dba.transaction()
+        await transaction.start()
+        await dba.execute("SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE", locked)
+        try:
+            waiting = asyncio.create_task(batches.move(deposit(locked, "1")))  # alone in the lane
+            await asyncio.sleep(0.05)
+            # The lane gives up on the lock within ~100 ms and sends it again outside.
+            made, _ = await asyncio.wait_for(batches.move(deposit(other, "1")), 2)
+            assert made.balance_after == Decimal("11.00") and not waiting.done()
+        finally:
+            await transaction.rollback()
+        assert (await asyncio.wait_for(waiting, 5))[0].balance_after == Decimal("11.00")

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
 from exchange.config import Settings
-from exchange.logs import BLOCK_CHARS, FLUSH_SECONDS, REQUEST_ID, BlockStreamHandler, JsonFormatter
+from exchange.logs import BLOCK_BYTES, FLUSH_SECONDS, REQUEST_ID, BlockStreamHandler, JsonFormatter
 from exchange.metrics_dir import VARIABLE, metrics_directory
 from exchange.sockets import free_port
 
@@ -218,19 +218,22 @@ def test_log_lines_are_written_in_blocks_of_whole_lines_at_once_for_a_warning() 
             "trouble",
         ]
         for n in range(200):
-            log.info("busy %03d %s", n, "x" * n)
+            log.info("busy %03d %s", n, "€" * n)  # 3 bytes each in UTF-8, as msgspec writes it
         log.info("last")
         deadline = time.monotonic() + 5
         while "last" not in stream.getvalue():  # the flusher thread, within FLUSH_SECONDS
             assert time.monotonic() < deadline, "an idle line was never written"
             time.sleep(FLUSH_SECONDS / 4)
-        # Every write is whole lines, at most BLOCK_CHARS unless one line is longer: lines
+        # Every write is whole lines, at most BLOCK_BYTES unless one line is longer: lines
         # of workers sharing a pipe never interleave.
         for text in stream.writes:
             assert text.endswith("\n")
-            assert len(text) <= BLOCK_CHARS or text.count("\n") == 1
+            assert len(text.encode()) <= BLOCK_BYTES or text.count("\n") == 1
         assert len(stream.writes) < 200  # blocks, not a write per line
         assert len(stream.getvalue().splitlines()) == 205
+        log.info("at exit")
+        handler.close()  # as logging.shutdown() does at a normal exit: nothing is lost
+        assert '"message":"at exit"' in stream.getvalue()
     finally:
         log.removeHandler(handler)
         handler.close()
@@ -480,6 +483,17 @@ async def test_a_burst_of_keep_alive_connections_is_spread_over_the_workers(
 ) -> None:
     async with exchange_serve(database_url, service_urls[1], workers=2) as (url, _):
         port = int(url.rsplit(":", 1)[1])
+        # Until both workers listen (a worker's socket joins when its start is done).
+        fresh = httpx.Limits(max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=url, timeout=10, limits=fresh) as http:
+            seen: set[str] = set()
+            for _ in range(200):
+                answer = await http.get("/health")
+                seen.add(answer.headers["x-request-id"].rsplit("-", 1)[0])
+                if len(seen) == 2:
+                    break
+                await asyncio.sleep(0.02)
+            assert len(seen) == 2, "the second worker never answered"
         # 64 connections opened at once, as `exchange bench` or a fleet of bots would: with
         # one shared listening socket, the first worker awake took most of them (54 of 64).
         connections = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", port) for _ in range(64)))

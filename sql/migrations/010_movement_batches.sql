@@ -8,7 +8,7 @@
 -- error row, the others commit together, in one transaction and one WAL flush. Each
 -- still writes its balanced entries and answers what its own call would have.
 -- The server (exchange/movement_batches.py) gathers the movements that arrive while
--- its earlier calls run, so a quiet server still sends them one at a time.
+-- its earlier calls run, so a quiet server sends them one per call.
 --
 -- Locks. A batch holds every wallet it locked until it commits, so:
 --  - users are taken in ascending id (then arrival order): two batches never wait on
