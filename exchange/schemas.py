@@ -156,7 +156,15 @@ class OrderRequest(msgspec.Struct, forbid_unknown_fields=True):
         return None if guard is None else checked_decimal(guard, given)
 
     def checked_quantities(self) -> tuple[Decimal | None, Decimal | None]:
-        """(quantity, quote_quantity), each sane if given; SQL checks the market's rules."""
+        """(quantity, quote_quantity), each sane if given; SQL checks the market's rules.
+        Exactly one must be given, and that is said first, as SQL's order_quantity does."""
+        if (self.quantity is None) == (self.quote_quantity is None):
+            raise ExchangeError(
+                "exactly_one_quantity",
+                "give exactly one of quantity and quote_quantity",
+                422,
+                {"fields": ["quantity", "quote_quantity"]},
+            )
         return (
             None if self.quantity is None else checked_decimal(self.quantity, "quantity"),
             None if self.quote_quantity is None else checked_decimal(self.quote_quantity, "quote_quantity"),
