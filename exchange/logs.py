@@ -35,12 +35,8 @@ FLUSH_SECONDS = 0.1
 # than that, a traceback say, is written alone and may be).
 BLOCK_BYTES = getattr(select, "PIPE_BUF", 512)
 
+# os.getpid(), read once per process (a forked child reads its own, below).
 _pid = os.getpid()
-
-
-def process_id() -> int:
-    """os.getpid(), read once per process (a forked child reads its own)."""
-    return _pid
 
 
 def _forked() -> None:
@@ -54,7 +50,7 @@ os.register_at_fork(after_in_child=_forked)
 def skip_unused_record_fields() -> None:
     """Neither format shows the caller's file and line, thread or process name, so
     logging need not look them up for every record (the logging HOWTO, "Optimization");
-    the pid comes from process_id()."""
+    JsonFormatter reads the pid once per process."""
     logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False

@@ -56,7 +56,7 @@ class Movement(NamedTuple):
     price: Decimal | None = None
     price_at: datetime | None = None
     # time.monotonic() past which the price may not be used (None: no price).
-    price_valid_until: float | None = None
+    price_valid_until: float | None = None  # float-ok: a time, not money
 
     def price_valid_ms(self) -> int | None:
         """How much longer the price may be used, counted when the call is sent."""

@@ -73,9 +73,7 @@ class Supervisor:
         host, port = self._options["host"], self._options["port"]
         # Fails if anything listens on the port already (without SO_REUSEPORT, a second
         # server's bind would fail; with it, the two would silently share the port).
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, port))
+        bound_socket(host, port).close()
         # Holds the port while the workers start: without SO_REUSEADDR, another server's
         # probe cannot bind next to it; with SO_REUSEPORT, the workers can.
         holder = bound_socket(host, port, reuse_port=True, reuse_address=False)
