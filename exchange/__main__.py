@@ -1,4 +1,4 @@
-"""The `exchange` command: serve | migrate | create-admin | audit | bench | fake-binance."""
+"""The `exchange` command: serve | migrate | sql | create-admin | audit | bench | fake-binance."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from exchange import repo
 from exchange.bench.run import add_arguments as add_bench_arguments
 from exchange.bench.run import bench_command
 from exchange.config import Settings, settings_from_env
-from exchange.db import connect, migrate
+from exchange.db import connect, migrate, migrate_report
 from exchange.errors import ExchangeError
 from exchange.fake_binance import create_fake_binance, serve_in_thread
 from exchange.logs import configure_logging, log_format_from_env
@@ -23,6 +23,7 @@ from exchange.metrics_dir import metrics_directory
 from exchange.security import check_password_rules, hash_password
 from exchange.serving import run_uvicorn
 from exchange.sockets import listening_socket
+from exchange.sql_functions import FunctionDrift, drift_report, function_plan, read_function_files
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +40,22 @@ def main(argv: list[str] | None = None) -> int:
         help="run offline: start the local Binance stand-in and take prices from it (FAKE_BINANCE)",
     )
 
-    commands.add_parser("migrate", help="apply pending migrations and exit")
+    migrate_parser = commands.add_parser(
+        "migrate", help="apply pending migrations, then the changed files of sql/functions, and exit"
+    )
+    migrate_parser.add_argument(
+        "--dry-run", action="store_true", help="show what would be applied and any drift; change nothing"
+    )
+    migrate_parser.add_argument(
+        "--force", action="store_true", help="overwrite functions changed by hand in the database"
+    )
+
+    sql = commands.add_parser("sql", help="compare sql/functions with the database (DBA tools)")
+    sql_commands = sql.add_subparsers(dest="sql_command", required=True)
+    sql_commands.add_parser(
+        "check", help="name every function, view or trigger that differs from its file; exit 1 if any"
+    )
+    sql_commands.add_parser("status", help="what `exchange migrate` would apply (same as migrate --dry-run)")
 
     admin = commands.add_parser("create-admin", help="make EMAIL an admin (creating the account if needed)")
     admin.add_argument("email")
@@ -73,9 +89,11 @@ def main(argv: list[str] | None = None) -> int:
             settings = msgspec.structs.replace(settings, fake_binance=True)
         return serve_command(settings, args.host, args.port, args.workers)
     if args.command == "migrate":
-        applied = asyncio.run(migrate(settings.database_url))
-        print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
-        return 0
+        return migrate_command(settings, dry_run=args.dry_run, force=args.force)
+    if args.command == "sql":
+        if args.sql_command == "status":
+            return migrate_command(settings, dry_run=True, force=False)
+        return asyncio.run(sql_check_command(settings))
     if args.command == "create-admin":
         return asyncio.run(create_admin(settings, args.email, args.password_stdin))
     if args.command == "audit":
@@ -86,6 +104,37 @@ def main(argv: list[str] | None = None) -> int:
         return fake_binance_command(args.host, args.port, args.seed)
     parser.error(f"unknown command {args.command}")
     return 2
+
+
+def migrate_command(settings: Settings, *, dry_run: bool, force: bool) -> int:
+    try:
+        report = asyncio.run(migrate_report(settings.database_url, dry_run=dry_run, force=force, strict=True))
+    except FunctionDrift as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    migrations, files = report.migrations, report.function_files
+    if dry_run:
+        print(f"would apply {len(migrations)} migration(s): {', '.join(migrations) or 'none pending'}")
+        print(f"would apply {len(files)} function file(s): {', '.join(files) or 'none changed'}")
+        for line in drift_report(report.functions):
+            print(line)
+        return 0
+    print(f"applied {len(migrations)} migration(s): {', '.join(migrations) or 'none pending'}")
+    print(f"applied {len(files)} function file(s): {', '.join(files) or 'none changed'}")
+    return 0
+
+
+async def sql_check_command(settings: Settings) -> int:
+    conn = await connect(settings.database_url)
+    try:
+        plan = await function_plan(conn, read_function_files())
+    finally:
+        await conn.close()
+    lines = drift_report(plan)
+    for line in lines:
+        print(line)
+    print(f"sql check: {len(lines)} difference(s) between sql/functions and the database")
+    return 1 if lines else 0
 
 
 def serve_command(settings: Settings, host: str | None, port: int | None, workers: int | None) -> int:

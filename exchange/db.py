@@ -1,4 +1,4 @@
-"""The asyncpg pool and the migration runner."""
+"""The asyncpg pool and the migration runner (migrations, then the function files)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -15,6 +16,14 @@ import asyncpg
 from exchange.config import Settings
 from exchange.money import Money
 from exchange.queries import SQL_DIR
+from exchange.sql_functions import (
+    FUNCTIONS_DIR,
+    FunctionPlan,
+    apply_function_files,
+    check_conflicts,
+    function_plan,
+    read_function_files,
+)
 
 log = logging.getLogger("exchange.db")
 
@@ -117,41 +126,101 @@ def migration_files(directory: Path = MIGRATIONS_DIR) -> list[Path]:
     return files
 
 
-async def migrate(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
-    """Apply pending migrations, each once and in its own transaction; return their names.
+@dataclass
+class MigrationReport:
+    """What one `exchange migrate` did (or, dry, would do)."""
+
+    migrations: list[str] = field(default_factory=list)
+    function_files: list[str] = field(default_factory=list)
+    functions: FunctionPlan = field(default_factory=FunctionPlan)
+
+
+_USE_FUNCTIONS_DIR = Path()
+
+
+async def migrate(
+    database_url: str,
+    directory: Path = MIGRATIONS_DIR,
+    *,
+    force: bool = False,
+    functions_directory: Path | None = _USE_FUNCTIONS_DIR,
+) -> list[str]:
+    """Apply pending migrations, then changed function files; return the migrations' names."""
+    report = await migrate_report(
+        database_url, directory, force=force, functions_directory=functions_directory
+    )
+    return report.migrations
+
+
+async def migrate_report(
+    database_url: str,
+    directory: Path = MIGRATIONS_DIR,
+    *,
+    force: bool = False,
+    strict: bool = False,
+    dry_run: bool = False,
+    functions_directory: Path | None = _USE_FUNCTIONS_DIR,
+) -> MigrationReport:
+    """Apply pending migrations, each once and in its own transaction, then the function
+    files whose checksum is new or changed (sql_functions.py), in one more transaction.
 
     Holds an advisory lock for the whole run, so concurrent starters wait, then find
-    nothing left to do.
+    nothing left to do. A folder of migrations other than sql/migrations (a test
+    replaying history) runs without function files unless given `functions_directory`.
+    Raises FunctionDrift before applying anything if a changed function file would
+    overwrite a function changed by hand, or with `strict` (the `exchange migrate`
+    command) if any was changed by hand, unless `force`. `dry_run` changes nothing.
     """
+    if functions_directory is _USE_FUNCTIONS_DIR:
+        functions_directory = FUNCTIONS_DIR if directory == MIGRATIONS_DIR else None
+    files = read_function_files(functions_directory) if functions_directory is not None else []
+    report = MigrationReport()
     conn = await asyncpg.connect(database_url, server_settings={"application_name": "exchange-migrate"})
-    applied_now: list[str] = []
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
         try:
-            await conn.execute(
-                f"""
-                CREATE SCHEMA IF NOT EXISTS {SCHEMA};
-                SET search_path = {SCHEMA};
-                CREATE TABLE IF NOT EXISTS schema_migrations (
-                    version     text PRIMARY KEY,
-                    applied_at  timestamptz NOT NULL DEFAULT now()
-                );
-                """
-            )
-            applied = {row["version"] for row in await conn.fetch("SELECT version FROM schema_migrations")}
-            for path in migration_files(directory):
-                if path.stem in applied:
-                    continue
+            if not dry_run:
+                await conn.execute(
+                    f"""
+                    CREATE SCHEMA IF NOT EXISTS {SCHEMA};
+                    SET search_path = {SCHEMA};
+                    CREATE TABLE IF NOT EXISTS schema_migrations (
+                        version     text PRIMARY KEY,
+                        applied_at  timestamptz NOT NULL DEFAULT now()
+                    );
+                    """
+                )
+            else:
+                await conn.execute(f"SET search_path = {SCHEMA}")
+            applied: set[str] = set()
+            if await conn.fetchval(f"SELECT to_regclass('{SCHEMA}.schema_migrations')") is not None:
+                applied = {
+                    row["version"] for row in await conn.fetch("SELECT version FROM schema_migrations")
+                }
+            pending = [path for path in migration_files(directory) if path.stem not in applied]
+            if files:
+                # Refuse before any change: after the migrations would be too late to say no.
+                report.functions = await function_plan(conn, files, force=force)
+                check_conflicts(report.functions, force=force, strict=strict)
+            if dry_run:
+                report.migrations = [path.stem for path in pending]
+                report.function_files = report.functions.to_apply
+                return report
+            for path in pending:
                 async with conn.transaction():
                     await conn.execute(path.read_text())
                     await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", path.stem)
                 log.info("applied migration %s", path.stem)
-                applied_now.append(path.stem)
+                report.migrations.append(path.stem)
+            if files:
+                report.function_files, report.functions = await apply_function_files(
+                    conn, files, force=force, strict=strict
+                )
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
     finally:
         await conn.close()
-    return applied_now
+    return report
 
 
 def with_database(url: str, name: str) -> str:
