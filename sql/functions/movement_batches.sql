@@ -51,7 +51,7 @@ DECLARE
     v_short    boolean := false;   -- lock waits cut to 1 ms
 BEGIN
     FOR v_i IN
-        SELECT u.ordinal
+        SELECT u.ordinal::integer
         FROM unnest(p_user_ids) WITH ORDINALITY AS u(user_id, ordinal)
         ORDER BY u.user_id, u.ordinal
     LOOP

@@ -242,8 +242,8 @@ DECLARE
     v_fee            numeric;
     v_base_delta     numeric;
     v_quote_delta    numeric;
-    v_base_fee       numeric := 0;
-    v_quote_fee      numeric := 0;
+    v_base_fee       numeric := 0::numeric;
+    v_quote_fee      numeric := 0::numeric;
     v_result         movement_result;
     v_updated        integer;
 BEGIN

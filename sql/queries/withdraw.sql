@@ -1,4 +1,5 @@
 -- Debit a user's wallet to the house external account: one call, one transaction.
--- $1 user_id, $2 asset, $3 amount, $4 idempotency key. See 002_deposit_withdraw.sql.
+-- $1 user_id, $2 asset, $3 amount, $4 idempotency key.
+-- withdraw() is in sql/functions/wallet_movements.sql.
 SELECT *
 FROM withdraw($1, $2, $3, $4);
