@@ -26,7 +26,7 @@ from typing import Any
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
-from exchange.logs import logging_config
+from exchange.logs import logging_config, write_logs_before_dying_of
 from exchange.sockets import bound_socket
 
 log = logging.getLogger("exchange.serving")
@@ -50,6 +50,7 @@ def run_uvicorn(factory: str, host: str, port: int, workers: int, log_level: str
         "access_log": False,
     }
     if workers == 1 or not hasattr(socket, "SO_REUSEPORT"):
+        write_logs_before_dying_of(signal.SIGTERM)
         uvicorn.run(factory, workers=workers, **options)
         return
     raise SystemExit(Supervisor(factory, options, workers).run())
@@ -58,6 +59,7 @@ def run_uvicorn(factory: str, host: str, port: int, workers: int, log_level: str
 def serve_worker(factory: str, options: dict[str, Any]) -> None:
     """One worker process: uvicorn on a listening socket of its own."""
     config = uvicorn.Config(factory, **options)  # sets up this process's logging
+    write_logs_before_dying_of(signal.SIGTERM)
     sock = bound_socket(options["host"], options["port"], reuse_port=True)
     uvicorn.Server(config).run(sockets=[sock])  # listens; SIGINT/SIGTERM stop it gracefully
 
@@ -106,6 +108,7 @@ class Supervisor:
                     worker.kill()
                     worker.join()
             holder.close()
+        log.info("stopped: every worker has exited")
         return exit_code
 
     def _start(self) -> multiprocessing.process.BaseProcess:
