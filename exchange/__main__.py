@@ -22,8 +22,11 @@ from exchange.fake_binance import create_fake_binance, serve_in_thread
 from exchange.logs import configure_logging, log_format_from_env
 from exchange.metrics_dir import metrics_directory
 from exchange.security import check_password_rules, hash_password
-from exchange.serving import run_uvicorn
+from exchange.serving import default_workers, run_uvicorn
 from exchange.sockets import listening_socket
+
+# Connections left to psql, migrations and PostgreSQL's reserved superuser slots.
+SPARE_CONNECTIONS = 10
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="apply pending migrations, then serve HTTP (uvicorn)")
     serve.add_argument("--host", help="bind address (HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (PORT, default 8000)")
-    serve.add_argument("--workers", type=int, help="worker processes (WORKERS, default: one per core)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes (WORKERS; default: one per usable core, at most 80 / DB_POOL_MAX_SIZE)",
+    )
     serve.add_argument(
         "--fake-binance",
         action="store_true",
@@ -104,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve_command(settings: Settings, host: str | None, port: int | None, workers: int | None) -> int:
     asyncio.run(migrate(settings.database_url))
+    workers = workers or settings.workers or default_workers(settings.db_pool_max_size)
+    asyncio.run(warn_if_pools_exceed_max_connections(settings, workers))
     if settings.fake_binance:
         # The workers read BINANCE_URL from the environment they inherit.
         os.environ["BINANCE_URL"] = serve_in_thread(settings.fake_binance_seed)
@@ -116,11 +125,32 @@ def serve_command(settings: Settings, host: str | None, port: int | None, worker
             "exchange.app:create_app",
             host or settings.host,
             settings.port if port is None else port,
-            workers or settings.workers or os.cpu_count() or 1,
+            workers,
             settings.log_level,
             settings.log_format,
         )
     return 0
+
+
+async def warn_if_pools_exceed_max_connections(settings: Settings, workers: int) -> None:
+    """Each worker's pool may open DB_POOL_MAX_SIZE connections: past PostgreSQL's
+    max_connections, requests would fail under load with "too many clients"."""
+    conn = await connect(settings.database_url)
+    try:
+        max_connections = await repo.max_connections(conn)
+    finally:
+        await conn.close()
+    pooled = workers * settings.db_pool_max_size
+    if pooled > max_connections - SPARE_CONNECTIONS:
+        logging.getLogger("exchange").warning(
+            "%d workers x DB_POOL_MAX_SIZE %d = %d pooled connections, against PostgreSQL's "
+            "max_connections of %d (%d kept for other clients): lower WORKERS or DB_POOL_MAX_SIZE",
+            workers,
+            settings.db_pool_max_size,
+            pooled,
+            max_connections,
+            SPARE_CONNECTIONS,
+        )
 
 
 def fake_binance_command(host: str, port: int, seed: int) -> int:

@@ -54,6 +54,10 @@ async def set_role(pool: Executor, email: str, role: str) -> User | None:
     return None if row is None else User(**row)
 
 
+async def max_connections(conn: asyncpg.Connection) -> int:
+    return await conn.fetchval(Q.max_connections)
+
+
 async def user_emails(conn: asyncpg.Connection) -> list[StoredEmail]:
     return [StoredEmail(row["id"], row["email"]) for row in await conn.fetch(Q.user_emails)]
 

@@ -17,10 +17,13 @@ start (the database unreachable, say) stops the server with that failure's exit 
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
+import os
 import signal
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -32,6 +35,29 @@ from exchange.sockets import bound_socket
 log = logging.getLogger("exchange.serving")
 # How long a stopping worker may finish its requests before it is killed.
 STOP_SECONDS = 30.0
+# Pooled connections all workers may hold by default: PostgreSQL's default max_connections
+# is 100; the rest is left to psql, migrations and other clients.
+DEFAULT_CONNECTIONS_BUDGET = 80
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def usable_cores() -> int:
+    """The cores this process may use: its CPU affinity (a container's --cpuset-cpus)
+    and a cgroup v2 CPU quota (--cpus), where os.cpu_count() sees the whole host."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = CGROUP_CPU_MAX.read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota here
+    return cores
+
+
+def default_workers(pool_max_size: int) -> int:
+    """One worker per usable core, as many as DEFAULT_CONNECTIONS_BUDGET pooled connections
+    allow (8 with DB_POOL_MAX_SIZE=10)."""
+    return max(1, min(usable_cores(), DEFAULT_CONNECTIONS_BUDGET // pool_max_size))
 
 
 def run_uvicorn(factory: str, host: str, port: int, workers: int, log_level: str, log_format: str) -> None:
