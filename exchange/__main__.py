@@ -211,7 +211,7 @@ async def audit_command(settings: Settings) -> int:
 
 async def check_emails_command(settings: Settings, normalize: bool) -> int:
     """Accounts made before emails were normalised (exchange/emails.py). Nothing is merged
-    or changed for an admin to decide: see README, "Emails made before 0.2"."""
+    or changed: that is for an admin (README, *Security*, "Emails")."""
     conn = await connect(settings.database_url)
     try:
         report = email_report(await repo.user_emails(conn))
