@@ -16,14 +16,18 @@ from exchange.bench.run import add_arguments as add_bench_arguments
 from exchange.bench.run import bench_command
 from exchange.config import Settings, settings_from_env
 from exchange.db import connect, migrate, migrate_report
+from exchange.emails import checked_email, email_report, normal_email
 from exchange.errors import ExchangeError
 from exchange.fake_binance import create_fake_binance, serve_in_thread
 from exchange.logs import configure_logging, log_format_from_env
 from exchange.metrics_dir import metrics_directory
 from exchange.security import check_password_rules, hash_password
-from exchange.serving import run_uvicorn
+from exchange.serving import default_workers, run_uvicorn
 from exchange.sockets import listening_socket
 from exchange.sql_functions import FunctionDrift, drift_report, function_plan, read_function_files
+
+# Connections left to psql, migrations and PostgreSQL's reserved superuser slots.
+SPARE_CONNECTIONS = 10
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="apply pending migrations, then serve HTTP (uvicorn)")
     serve.add_argument("--host", help="bind address (HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (PORT, default 8000)")
-    serve.add_argument("--workers", type=int, help="worker processes (WORKERS, default: one per core)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes (WORKERS; default: one per usable core, at most 80 / DB_POOL_MAX_SIZE)",
+    )
     serve.add_argument(
         "--fake-binance",
         action="store_true",
@@ -67,6 +75,17 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("audit", help="check every ledger invariant; exit 1 on any violation")
 
+    emails = commands.add_parser(
+        "check-emails",
+        help="report accounts whose emails collide once normalised, or hold characters now refused "
+        "(exit 1 if any); --normalize stores the others in their normal form",
+    )
+    emails.add_argument(
+        "--normalize",
+        action="store_true",
+        help="store each email that neither collides nor is refused in its normal form",
+    )
+
     fake = commands.add_parser("fake-binance", help="serve the local stand-in for Binance's REST API")
     fake.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     fake.add_argument("--port", type=int, default=9100, help="port (default 9100)")
@@ -98,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(create_admin(settings, args.email, args.password_stdin))
     if args.command == "audit":
         return asyncio.run(audit_command(settings))
+    if args.command == "check-emails":
+        return asyncio.run(check_emails_command(settings, args.normalize))
     if args.command == "bench":
         return bench_command(settings, args)
     if args.command == "fake-binance":
@@ -139,6 +160,8 @@ async def sql_check_command(settings: Settings) -> int:
 
 def serve_command(settings: Settings, host: str | None, port: int | None, workers: int | None) -> int:
     asyncio.run(migrate(settings.database_url))
+    workers = workers or settings.workers or default_workers(settings.db_pool_max_size)
+    asyncio.run(warn_if_pools_exceed_max_connections(settings, workers))
     if settings.fake_binance:
         # The workers read BINANCE_URL from the environment they inherit.
         os.environ["BINANCE_URL"] = serve_in_thread(settings.fake_binance_seed)
@@ -151,11 +174,32 @@ def serve_command(settings: Settings, host: str | None, port: int | None, worker
             "exchange.app:create_app",
             host or settings.host,
             settings.port if port is None else port,
-            workers or settings.workers or os.cpu_count() or 1,
+            workers,
             settings.log_level,
             settings.log_format,
         )
     return 0
+
+
+async def warn_if_pools_exceed_max_connections(settings: Settings, workers: int) -> None:
+    """Each worker's pool may open DB_POOL_MAX_SIZE connections: past PostgreSQL's
+    max_connections, requests would fail under load with "too many clients"."""
+    conn = await connect(settings.database_url)
+    try:
+        max_connections = await repo.max_connections(conn)
+    finally:
+        await conn.close()
+    pooled = workers * settings.db_pool_max_size
+    if pooled > max_connections - SPARE_CONNECTIONS:
+        logging.getLogger("exchange").warning(
+            "%d workers x DB_POOL_MAX_SIZE %d = %d pooled connections, against PostgreSQL's "
+            "max_connections of %d (%d kept for other clients): lower WORKERS or DB_POOL_MAX_SIZE",
+            workers,
+            settings.db_pool_max_size,
+            pooled,
+            max_connections,
+            SPARE_CONNECTIONS,
+        )
 
 
 def fake_binance_command(host: str, port: int, seed: int) -> int:
@@ -168,6 +212,10 @@ def fake_binance_command(host: str, port: int, seed: int) -> int:
 
 
 async def create_admin(settings: Settings, email: str, password_stdin: bool) -> int:
+    try:
+        email = checked_email(email)
+    except ExchangeError as exc:
+        raise SystemExit(exc.message) from None
     conn = await connect(settings.database_url)
     try:
         user = await repo.set_role(conn, email, "admin")
@@ -208,6 +256,35 @@ async def audit_command(settings: Settings) -> int:
         print(f"{violation.invariant}: {violation.subject} ({violation.amount})")
     print(f"audit: {len(violations)} violation(s)")
     return 1 if violations else 0
+
+
+async def check_emails_command(settings: Settings, normalize: bool) -> int:
+    """Accounts made before emails were normalised (exchange/emails.py). Nothing is merged
+    or changed: that is for an admin (README, *Security*, "Emails")."""
+    conn = await connect(settings.database_url)
+    try:
+        report = email_report(await repo.user_emails(conn))
+        # !a: escaped, so an invisible or lookalike character shows (a\u200b@x.com).
+        for group in report.collisions:
+            print(f"collision: {len(group)} accounts are {normal_email(group[0].email)!a} once normalised:")
+            for account in group:
+                print(f"  id {account.id}: {account.email!a}")
+        for account, code in report.refused:
+            print(f"refused today ({code}): id {account.id}: {account.email!a}")
+        normalised = 0
+        for account in report.to_normalise:
+            if not normalize:
+                print(f"not in normal form: id {account.id}: {account.email!a}")
+            elif await repo.set_email(conn, account.id, normal_email(account.email), account.email):
+                normalised += 1
+    finally:
+        await conn.close()
+    pending = f"{len(report.to_normalise)} not in normal form (--normalize stores them so)"
+    print(
+        f"check-emails: {len(report.collisions)} collision(s), {len(report.refused)} refused today, "
+        + (f"{normalised} normalised" if normalize else pending)
+    )
+    return 1 if report.needs_an_admin else 0
 
 
 if __name__ == "__main__":

@@ -13,12 +13,12 @@ import redis.exceptions
 from litestar import Litestar, Router
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, OAuthFlow, OAuthFlows, SecurityScheme
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from exchange import __version__, repo
+from exchange.api_docs import SwaggerPage
 from exchange.bodies import ExchangeRequest
 from exchange.config import Settings, settings_from_env
 from exchange.db import create_pool
@@ -186,6 +186,7 @@ def _openapi_config() -> OpenAPIConfig:
         version=__version__,
         description="A self-hostable crypto exchange backend on a double-entry ledger.",
         path="/schema",
-        render_plugins=[SwaggerRenderPlugin(), ScalarRenderPlugin(path="/scalar")],
+        # Served whole from the package (exchange/api_docs): the page works offline.
+        render_plugins=[SwaggerPage()],
         components=Components(security_schemes={"OAuth2PasswordBearer": oauth2}),
     )

@@ -130,8 +130,9 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     413: "`payload_too_large`: the body is above MAX_BODY_BYTES",
     415: "`unsupported_media_type`: the body is not sent with the Content-Type this route reads",
     422: "`invalid_amount`, `too_many_decimals`, `idempotency_key_reused`, `password_too_short`, "
-    "`password_too_long`, `exactly_one_quantity`, `quantity_off_step`, `quantity_out_of_range`, "
-    "`below_min_notional`, `invalid_price_guard`; `details` names the field and the limit",
+    "`password_too_long`, `email_invalid_characters`, `email_domain_not_ascii`, `exactly_one_quantity`, "
+    "`quantity_off_step`, `quantity_out_of_range`, `below_min_notional`, `invalid_price_guard`; "
+    "`details` names the field and the limit",
     429: "`rate_limited`: too many attempts from this IP or for this email; retry after "
     "`Retry-After` seconds (also in `details.retry_after`)",
     503: "`service_unavailable` (PostgreSQL or Redis unreachable) or `price_unavailable` (Binance "

@@ -397,10 +397,21 @@ def serve_in_thread(seed: int = 1, host: str = "127.0.0.1", port: int = 0) -> st
 
     import uvicorn
 
-    # uvicorn's access logger is shared by the process: keep the stand-in's lines out of it.
-    logging.getLogger("uvicorn.access").addFilter(lambda record: record.threadName != "fake-binance")
+    # uvicorn's loggers are shared by the process: keep the stand-in's access lines out,
+    # and its start and stop lines, which would read as the API server's (warnings stay).
+    # The filters ask the thread itself: records carry no thread name (logs.py).
+    def not_the_stand_in(record: logging.LogRecord) -> bool:
+        return threading.current_thread().name != "fake-binance" or record.levelno >= logging.WARNING
+
+    logging.getLogger("uvicorn.access").addFilter(not_the_stand_in)
+    logging.getLogger("uvicorn.error").addFilter(not_the_stand_in)
     sock = listening_socket(host, port)
-    config = uvicorn.Config(create_fake_binance(seed), log_level="warning", access_log=False, lifespan="off")
+    # log_config and log_level None: uvicorn leaves the process's logging as it is (its
+    # own dictConfig would close the server's log handler, and later lines, such as the
+    # one giving this stand-in's URL, would never be written).
+    config = uvicorn.Config(
+        create_fake_binance(seed), log_config=None, log_level=None, access_log=False, lifespan="off"
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(
         target=lambda: asyncio.run(server.serve(sockets=[sock])), name="fake-binance", daemon=True

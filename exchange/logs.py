@@ -17,6 +17,7 @@ import logging
 import logging.config
 import os
 import select
+import signal
 import threading
 import time
 from contextvars import ContextVar
@@ -204,3 +205,18 @@ def configure_logging(level: str, log_format: str) -> None:
 def log_format_from_env() -> str:
     """LOG_FORMAT before the settings are read (their check may log); json unless text."""
     return "text" if os.environ.get("LOG_FORMAT", "").strip().lower() == "text" else "json"
+
+
+def write_logs_before_dying_of(*signums: int) -> None:
+    """uvicorn stops gracefully on SIGINT or SIGTERM, then raises the signal again under
+    the handler it found at start. SIGTERM's default kills the process on the spot, before
+    BlockStreamHandler writes its last lines ("Application shutdown complete."): this
+    handler writes them, then dies of the signal as before (same exit status)."""
+
+    def handler(signum: int, _frame: object) -> None:
+        logging.shutdown()
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
+
+    for signum in signums:
+        signal.signal(signum, handler)

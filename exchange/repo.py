@@ -14,6 +14,7 @@ import asyncpg
 import msgspec
 
 from exchange.db import FairPool
+from exchange.emails import StoredEmail
 from exchange.queries import Q
 from exchange.schemas import HouseBalance, Transaction, User, Violation, Wallet
 
@@ -51,6 +52,18 @@ async def user_by_id(pool: Pool, user_id: int) -> User | None:
 async def set_role(pool: Executor, email: str, role: str) -> User | None:
     row = await pool.fetchrow(Q.user_set_role, email, role)
     return None if row is None else User(**row)
+
+
+async def max_connections(conn: asyncpg.Connection) -> int:
+    return await conn.fetchval(Q.max_connections)
+
+
+async def user_emails(conn: asyncpg.Connection) -> list[StoredEmail]:
+    return [StoredEmail(row["id"], row["email"]) for row in await conn.fetch(Q.user_emails)]
+
+
+async def set_email(conn: asyncpg.Connection, user_id: int, email: str, email_read: str) -> bool:
+    return await conn.execute(Q.user_set_email, user_id, email, email_read) == "UPDATE 1"
 
 
 async def users_page(pool: Pool, before: int | None, limit: int) -> list[User]:

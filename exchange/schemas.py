@@ -63,6 +63,8 @@ def decimal_text(value: object) -> DecimalText:
 
 
 TransactionKind = Literal["deposit", "withdrawal", "buy", "sell"]
+# GET /transactions?kind= also takes `withdraw`, the word of the route and of the metrics.
+TransactionKindFilter = Literal["deposit", "withdrawal", "withdraw", "buy", "sell"]
 
 
 class RegisterRequest(msgspec.Struct, forbid_unknown_fields=True):

@@ -17,21 +17,47 @@ start (the database unreachable, say) stops the server with that failure's exit 
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
+import os
 import signal
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
-from exchange.logs import logging_config
+from exchange.logs import logging_config, write_logs_before_dying_of
 from exchange.sockets import bound_socket
 
 log = logging.getLogger("exchange.serving")
 # How long a stopping worker may finish its requests before it is killed.
 STOP_SECONDS = 30.0
+# Pooled connections all workers may hold by default: PostgreSQL's default max_connections
+# is 100; the rest is left to psql, migrations and other clients.
+DEFAULT_CONNECTIONS_BUDGET = 80
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def usable_cores() -> int:
+    """The cores this process may use: its CPU affinity (a container's --cpuset-cpus)
+    and a cgroup v2 CPU quota (--cpus), where os.cpu_count() sees the whole host."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = CGROUP_CPU_MAX.read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota here
+    return cores
+
+
+def default_workers(pool_max_size: int) -> int:
+    """One worker per usable core, as many as DEFAULT_CONNECTIONS_BUDGET pooled connections
+    allow (8 with DB_POOL_MAX_SIZE=10)."""
+    return max(1, min(usable_cores(), DEFAULT_CONNECTIONS_BUDGET // pool_max_size))
 
 
 def run_uvicorn(factory: str, host: str, port: int, workers: int, log_level: str, log_format: str) -> None:
@@ -50,6 +76,7 @@ def run_uvicorn(factory: str, host: str, port: int, workers: int, log_level: str
         "access_log": False,
     }
     if workers == 1 or not hasattr(socket, "SO_REUSEPORT"):
+        write_logs_before_dying_of(signal.SIGTERM)
         uvicorn.run(factory, workers=workers, **options)
         return
     raise SystemExit(Supervisor(factory, options, workers).run())
@@ -58,6 +85,7 @@ def run_uvicorn(factory: str, host: str, port: int, workers: int, log_level: str
 def serve_worker(factory: str, options: dict[str, Any]) -> None:
     """One worker process: uvicorn on a listening socket of its own."""
     config = uvicorn.Config(factory, **options)  # sets up this process's logging
+    write_logs_before_dying_of(signal.SIGTERM)
     sock = bound_socket(options["host"], options["port"], reuse_port=True)
     uvicorn.Server(config).run(sockets=[sock])  # listens; SIGINT/SIGTERM stop it gracefully
 
@@ -106,6 +134,7 @@ class Supervisor:
                     worker.kill()
                     worker.join()
             holder.close()
+        log.info("stopped: every worker has exited")
         return exit_code
 
     def _start(self) -> multiprocessing.process.BaseProcess:

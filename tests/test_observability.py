@@ -477,6 +477,17 @@ async def test_serve_with_two_workers_logs_json_and_metrics_add_up_every_worker(
                 == sent
             )
 
+    # Stopped with SIGTERM: every worker alive wrote its last lines before it exited (they
+    # used to die with them unwritten), then the supervisor said it was done.
+    records = server.records()
+    started = {r["pid"] for r in records if r["message"] == "Application startup complete."}
+    stopped = {r["pid"] for r in records if r["message"] == "Application shutdown complete."}
+    assert stopped == started - {leader_pid} and len(stopped) == 2
+    assert records[-1]["message"] == "stopped: every worker has exited"
+    # The built-in stand-in's address is written at start, for its control endpoints.
+    stand_in = "offline mode: prices come from the local Binance stand-in at http://127.0.0.1:"
+    assert any(r["message"].startswith(stand_in) for r in records)
+
 
 async def test_a_burst_of_keep_alive_connections_is_spread_over_the_workers(
     database_url: str, service_urls: tuple[str, str]

@@ -117,9 +117,12 @@ async def test_login_is_limited_per_email_whatever_the_ip(
 async def test_other_spellings_of_an_email_share_its_login_limit(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
-    # PostgreSQL's lower() finds this account for "İ" as for "i"; Python's does not.
+    # Every spelling with the account's normal form (NFKC, case-folded) finds it: upper
+    # case, full-width letters, the small roman numeral three (U+2172).
     account = await register_and_login(client, f"limit-{secrets.token_hex(4)}-iii@example.com")
-    spellings = [account.email.replace("-iii@", f"-{s}@") for s in ("İii", "iİi", "iiİ", "İİİ")]
+    spellings = [account.email.upper()] + [
+        account.email.replace("-iii@", f"-{s}@") for s in ("\uff49\uff49\uff49", "\u2172", "I\uff29i")
+    ]
     limits = {"login_limit_per_email": 3, "login_limit_per_ip": 0, "login_window_seconds": 60}
     async with own_server(settings, redis_prefix=private_prefix(settings), **limits) as (_, http):
         for n in range(3):
@@ -127,6 +130,10 @@ async def test_other_spellings_of_an_email_share_its_login_limit(
             assert code_of(wrong) == (401, "invalid_credentials")
         for spelling in spellings:
             assert code_of(await try_login(http, spelling, "wrong password")) == (429, "rate_limited")
+        # "İ" case-folds to "i" and a combining dot: another address, which finds no
+        # account (so its own counter guards nothing), even with the right password.
+        dotted = account.email.replace("-iii@", "-\u0130ii@")
+        assert code_of(await try_login(http, dotted, TEST_PASSWORD)) == (401, "invalid_credentials")
 
 
 async def test_login_is_limited_per_ip_whatever_the_email(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -14,6 +16,8 @@ import msgspec
 import pytest
 from conftest import TEST_PASSWORD, fresh_database, running_server
 
+from exchange import serving
+from exchange.__main__ import warn_if_pools_exceed_max_connections
 from exchange.config import Settings, settings_from_env
 from exchange.db import migrate, migration_files
 from exchange.sockets import free_port
@@ -131,6 +135,23 @@ async def test_openapi_lists_every_route_and_the_oauth2_password_flow(client: ht
     assert "application/x-www-form-urlencoded" in token_body
 
 
+async def test_docs_page_references_only_its_own_files_and_no_inline_script(
+    client: httpx.AsyncClient,
+) -> None:
+    """What a Content-Security-Policy of 'self' needs (the browser itself: test_docs_browser.py)."""
+    page = (await client.get("/schema/swagger")).text
+    urls = re.findall(r'(?:src|href)="([^"]*)"', page)
+    assert len(urls) == 5 and all(url.startswith("/schema/assets/") for url in urls), urls
+    assert "<style" not in page and "style=" not in page
+    scripts = [f'<script src="{url}">' for url in urls if url.endswith(".js")]
+    assert re.findall(r"<script[^>]*>", page) == scripts
+    for url in urls:
+        asset = await client.get(url)
+        assert asset.status_code == 200 and asset.content, url
+        assert "cdn." not in asset.text and "unpkg" not in asset.text, url
+    assert (await client.get("/schema/scalar")).status_code == 404  # dropped: it needed a CDN
+
+
 async def test_unknown_route_and_method_answer_in_the_error_shape(client: httpx.AsyncClient) -> None:
     missing = await client.get("/api/v1/nothing-here")
     assert (missing.status_code, missing.json()["error"]["code"]) == (404, "not_found")
@@ -176,3 +197,30 @@ def test_bad_settings_stop_the_start_with_a_clear_message(environ: dict[str, str
 def test_settings_read_booleans_and_numbers_from_the_environment() -> None:
     settings = settings_from_env({"FAKE_BINANCE": "true", "PRICE_POLL_MS": "0", "JWT_SECRET": "x" * 32})
     assert settings.fake_binance is True and settings.price_poll_ms == 0
+
+
+def test_default_workers_follow_the_usable_cores_and_the_connection_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    affinity = len(os.sched_getaffinity(0))
+    cpu_max = tmp_path / "cpu.max"
+    monkeypatch.setattr(serving, "CGROUP_CPU_MAX", cpu_max)
+    cpu_max.write_text("max 100000\n")  # no quota
+    assert serving.usable_cores() == affinity
+    cpu_max.write_text("150000 100000\n")  # docker --cpus 1.5
+    assert serving.usable_cores() == min(affinity, 2)
+    cpu_max.write_text("64000000 100000\n")  # a quota above the cores: the cores bound it
+    assert serving.usable_cores() == affinity
+    assert serving.default_workers(pool_max_size=10) == min(affinity, 8)
+    assert serving.default_workers(pool_max_size=80) == 1
+
+
+async def test_serve_warns_when_the_pools_exceed_max_connections(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="exchange"):
+        await warn_if_pools_exceed_max_connections(settings, workers=2)  # 2 x 20: fits in 100
+        assert caplog.records == []
+        await warn_if_pools_exceed_max_connections(settings, workers=5)  # 5 x 20 = 100
+    [record] = caplog.records
+    assert "5 workers x DB_POOL_MAX_SIZE 20 = 100 pooled connections" in record.getMessage()

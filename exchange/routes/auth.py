@@ -14,6 +14,7 @@ from litestar.params import JSONBody, URLEncodedBody
 
 from exchange import repo
 from exchange.bodies import form_body_only
+from exchange.emails import checked_email, normal_email
 from exchange.errors import ExchangeError, documented
 from exchange.schemas import RegisterRequest, Token, TokenForm, User
 from exchange.security import AuthUser, check_password_rules, hash_password, issue_token, verify_password
@@ -27,13 +28,17 @@ from exchange.security import AuthUser, check_password_rules, hash_password, iss
     responses=documented(400, 409, 413, 415, 422, 429, 503),
 )
 async def register(data: JSONBody[RegisterRequest], request: Request, state: State) -> User:
-    """Email (unique whatever its case) and a password of 8+ characters and at most
-    72 bytes in UTF-8: bcrypt reads no further, so longer passwords are refused.
+    """Email and a password of 8+ characters and at most 72 bytes in UTF-8: bcrypt reads
+    no further, so longer passwords are refused. The email is stored normalised (NFKC,
+    case-folded) and unique in that form; spaces, invisible, control and bidi characters,
+    combining marks left in the local part (422 `email_invalid_characters`) and a
+    non-ASCII domain (422 `email_domain_not_ascii`: use its `xn--` form) are refused.
     Rate limited per client IP and per email (429 `rate_limited`, `Retry-After`)."""
-    await state.rate_limiter.check("register", client_ip(request), data.email)
+    email = checked_email(data.email)
+    await state.rate_limiter.check("register", client_ip(request), email)
     check_password_rules(data.password)
     password_hash = await hash_password(data.password, state.settings.bcrypt_rounds)
-    return await repo.create_user(state.pool, data.email, password_hash)
+    return await repo.create_user(state.pool, email, password_hash)
 
 
 @post(
@@ -52,11 +57,11 @@ async def token(
     """Form fields `username` (the email) and `password`; answers a bearer token.
     403 `user_disabled` comes only after the right password. Rate limited per client IP
     and per email, counting every attempt (429 `rate_limited`, `Retry-After`)."""
-    credentials = await repo.credentials_by_email(state.pool, data.username)
-    # Counted on the account's own email when there is one: PostgreSQL's lower() (which
-    # finds the account) and Python's disagree on some letters ("İ"), so counting on the
-    # text sent would give each spelling of one account a counter of its own.
-    email = data.username if credentials is None else credentials.email
+    # Found by its normal form, as stored (exchange/emails.py): full-width ADA@example.com is ada's.
+    credentials = await repo.credentials_by_email(state.pool, normal_email(data.username))
+    # Counted on the account's own email when there is one (one counter for every
+    # spelling that finds it, even an account stored before emails were normalised).
+    email = normal_email(data.username) if credentials is None else credentials.email
     await state.rate_limiter.check("login", client_ip(request), email)
     if credentials is None:
         # Spend the same bcrypt time as for a real user: timing tells nothing.

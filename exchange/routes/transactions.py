@@ -6,11 +6,11 @@ from typing import Annotated
 
 from litestar import Request, get
 from litestar.datastructures import State
-from litestar.params import FromQuery, PathParameter, QueryParameter
+from litestar.params import PathParameter, QueryParameter
 
 from exchange import repo
 from exchange.errors import ExchangeError, documented
-from exchange.schemas import ASSET_PATTERN, ID_MAX, Transaction, TransactionKind, TransactionPage
+from exchange.schemas import ASSET_PATTERN, ID_MAX, Transaction, TransactionKindFilter, TransactionPage
 from exchange.security import AuthUser
 
 PAGE_SIZE_MAX = 100
@@ -29,14 +29,22 @@ async def list_transactions(
     before: Annotated[
         int | None, QueryParameter(ge=1, le=ID_MAX, description="`next_before` of the previous page")
     ] = None,
-    kind: FromQuery[TransactionKind | None] = None,
+    kind: Annotated[
+        TransactionKindFilter | None,
+        QueryParameter(description="`deposit`, `withdrawal` (or `withdraw`, as its route), `buy`, `sell`"),
+    ] = None,
     asset: Annotated[
         str | None, QueryParameter(pattern=ASSET_PATTERN, description="an asset code, any case")
     ] = None,
 ) -> TransactionPage:
     code = None if asset is None else asset.upper()  # malformed: 400 by the pattern
     page = await repo.transactions_for_user(
-        state.pool, request.user.id, before=before, kind=kind, asset=code, limit=limit
+        state.pool,
+        request.user.id,
+        before=before,
+        kind="withdrawal" if kind == "withdraw" else kind,
+        asset=code,
+        limit=limit,
     )
     next_before = page[-1].id if len(page) == limit else None
     return TransactionPage(transactions=page, next_before=next_before)

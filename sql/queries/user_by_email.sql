@@ -1,4 +1,6 @@
--- The user to log in, whatever the case of the email. Served by users_email_key.
+-- The user to log in. $1: the email's normal form (exchange/emails.py), as emails are
+-- stored; lower() also finds an account stored, before emails were normalised, in
+-- another case. Served by users_email_key.
 SELECT id, email, password_hash, role, disabled
 FROM users
 WHERE lower(email) = lower($1);

@@ -1,0 +1,2 @@
+-- PostgreSQL's max_connections, which `exchange serve` compares with its workers' pools.
+SELECT current_setting('max_connections')::int;
