@@ -9,12 +9,10 @@ import logging
 import os
 import sys
 
-import msgspec
-
 from exchange import repo
 from exchange.bench.run import add_arguments as add_bench_arguments
 from exchange.bench.run import bench_command
-from exchange.config import Settings, settings_from_env
+from exchange.config import Settings, refuse_fake_binance_in_production, settings_from_env
 from exchange.db import connect, migrate
 from exchange.errors import ExchangeError
 from exchange.fake_binance import create_fake_binance, serve_in_thread
@@ -67,10 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         configure_logging("info", log_format_from_env())
     else:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    settings = settings_from_env()
+    # The flag goes through the settings' own check (production refuses the stand-in).
+    overrides = {"fake_binance": True} if args.command == "serve" and args.fake_binance else {}
+    settings = settings_from_env(**overrides)
     if args.command == "serve":
-        if args.fake_binance:
-            settings = msgspec.structs.replace(settings, fake_binance=True)
         return serve_command(settings, args.host, args.port, args.workers)
     if args.command == "migrate":
         applied = asyncio.run(migrate(settings.database_url))
@@ -83,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         return bench_command(settings, args)
     if args.command == "fake-binance":
+        refuse_fake_binance_in_production(settings.exchange_env)
         return fake_binance_command(args.host, args.port, args.seed)
     parser.error(f"unknown command {args.command}")
     return 2
@@ -94,7 +93,9 @@ def serve_command(settings: Settings, host: str | None, port: int | None, worker
         # The workers read BINANCE_URL from the environment they inherit.
         os.environ["BINANCE_URL"] = serve_in_thread(settings.fake_binance_seed)
         logging.getLogger("exchange").info(
-            "offline mode: prices come from the local Binance stand-in at %s", os.environ["BINANCE_URL"]
+            "offline mode: prices come from the local Binance stand-in at %s (its control "
+            "endpoints are off: prices cannot be set from outside)",
+            os.environ["BINANCE_URL"],
         )
     # The workers inherit PROMETHEUS_MULTIPROC_DIR: /metrics adds up all of them.
     with metrics_directory():
@@ -112,9 +113,14 @@ def serve_command(settings: Settings, host: str | None, port: int | None, worker
 def fake_binance_command(host: str, port: int, seed: int) -> int:
     import uvicorn
 
-    print(f"Binance stand-in on http://{host}:{port} (seed {seed}); control: /_fake/stats, /_fake/faults")
+    print(
+        f"Binance stand-in on http://{host}:{port} (seed {seed}), for tests and demos: its control "
+        "endpoints (/_fake/stats, /_fake/faults, /_fake/prices, /_fake/reset) are ON and unauthenticated: "
+        "anyone who can reach this port sets the prices"
+    )
     sock = listening_socket(host, port)
-    uvicorn.Server(uvicorn.Config(create_fake_binance(seed), log_level="warning")).run(sockets=[sock])
+    app = create_fake_binance(seed, control=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     return 0
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
+import string
+from collections import Counter
 from typing import Annotated, Literal
 
 import msgspec
@@ -92,6 +95,44 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     metrics_token: Annotated[str, msgspec.Meta(max_length=256)] = ""
 
 
+# A production JWT_SECRET carries at least this much key material: 32 random bytes (the
+# HS256 key size), estimated from its characters' own frequencies.
+JWT_SECRET_MIN_BITS = 128
+JWT_SECRET_MIN_BYTES = 32
+_HEX_DIGITS = frozenset(string.hexdigits)
+_BASE64_CHARS = frozenset(string.ascii_letters + string.digits + "+/-_=")
+
+
+def jwt_secret_weakness(secret: str) -> str | None:
+    """Why the secret is too weak to sign production tokens, or None. A hex string must
+    hold 32 bytes (64 digits), a base64 one 32 bytes (43 characters); and whatever its
+    alphabet, the secret's characters must not repeat like a pattern: their empirical
+    entropy (Shannon, per character, times the length) must reach JWT_SECRET_MIN_BITS.
+    "a" * 64 and "abab..." fail; `secrets.token_urlsafe(32)` has about 200 bits."""
+    if set(secret) <= _HEX_DIGITS:
+        if len(secret) < 2 * JWT_SECRET_MIN_BYTES:
+            return f"a hex secret needs {2 * JWT_SECRET_MIN_BYTES} digits ({JWT_SECRET_MIN_BYTES} bytes)"
+    elif set(secret) <= _BASE64_CHARS:
+        if len(secret.rstrip("=")) < math.ceil(JWT_SECRET_MIN_BYTES * 4 / 3):
+            return f"a base64 secret needs {JWT_SECRET_MIN_BYTES} bytes (43 characters)"
+    counts = Counter(secret)
+    bits_per_char = -sum(n / len(secret) * math.log2(n / len(secret)) for n in counts.values())
+    if bits_per_char * len(secret) < JWT_SECRET_MIN_BITS:
+        return f"its characters repeat too much (under {JWT_SECRET_MIN_BITS} bits by their frequencies)"
+    return None
+
+
+def refuse_fake_binance_in_production(exchange_env: str) -> None:
+    """The one place that decides whether the Binance stand-in may run, however it is
+    asked for (`--fake-binance`, FAKE_BINANCE, `exchange fake-binance`): never in
+    production, where its made-up prices would fill real trades."""
+    if exchange_env == "production":
+        raise SystemExit(
+            "the Binance stand-in serves made-up prices: it is refused when EXCHANGE_ENV=production "
+            "(FAKE_BINANCE, --fake-binance, exchange fake-binance)"
+        )
+
+
 def settings_from_env(environ: dict[str, str] | None = None, **overrides: object) -> Settings:
     """Build Settings from `NAME` environment variables; refuse bad values at start."""
     environ = os.environ if environ is None else environ
@@ -116,11 +157,16 @@ def settings_from_env(environ: dict[str, str] | None = None, **overrides: object
         raise SystemExit("invalid configuration: WS_QUEUE_SIZE is below WS_MAX_SYMBOLS")
     if 0 < settings.price_poll_ms < 50:
         raise SystemExit("invalid configuration: PRICE_POLL_MS must be 0 (off) or at least 50")
-    if settings.fake_binance and settings.exchange_env == "production":
-        raise SystemExit("FAKE_BINANCE serves made-up prices: it is refused when EXCHANGE_ENV=production")
+    if settings.fake_binance:
+        refuse_fake_binance_in_production(settings.exchange_env)
     if settings.jwt_secret == DEV_JWT_SECRET:
         if settings.exchange_env == "production":
             raise SystemExit("JWT_SECRET must be set in production (EXCHANGE_ENV=production)")
+    elif settings.exchange_env == "production" and (weakness := jwt_secret_weakness(settings.jwt_secret)):
+        raise SystemExit(
+            f"JWT_SECRET is too weak for production: {weakness}. Make one with "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'` or `openssl rand -hex 32`"
+        )
         log.warning(
             "JWT_SECRET is not set: using the development default. Anyone can forge "
             "tokens for this server. Set JWT_SECRET (32+ characters) before exposing it."

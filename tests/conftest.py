@@ -197,7 +197,7 @@ class FakeBinanceControl:
 
 @asynccontextmanager
 async def fake_binance_server(seed: int = 1) -> AsyncIterator[FakeBinanceControl]:
-    async with serving(create_fake_binance(seed)) as url, httpx.AsyncClient(timeout=10) as http:
+    async with serving(create_fake_binance(seed, control=True)) as url, httpx.AsyncClient(timeout=10) as http:
         yield FakeBinanceControl(url, http)
 
 
