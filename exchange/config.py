@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from exchange.forwarded import trusted_networks
+
 log = logging.getLogger("exchange.config")
 
 # Allowed only outside production, and then with a loud warning: anyone who knows it can
@@ -71,9 +73,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     jwt_ttl_seconds: Annotated[int, msgspec.Meta(ge=60, le=86_400)] = 3600
     # bcrypt cost; tests lower it to keep the suite fast.
     bcrypt_rounds: Annotated[int, msgspec.Meta(ge=4, le=16)] = 12
-    # Attempts allowed per client IP and per email in each fixed window, counted in
-    # Redis for the whole deployment (exchange/ratelimit.py); 0 turns a limit off.
+    # In each fixed window, counted in Redis for the whole deployment
+    # (exchange/ratelimit.py; 0 turns a limit off): login attempts per client IP; wrong
+    # passwords per email from one IP; wrong passwords per email from all IPs, past
+    # which only IPs without a failure on that email may try it.
     login_limit_per_ip: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 100
+    login_limit_per_email_ip: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 5
     login_limit_per_email: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 10
     login_window_seconds: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 60
     register_limit_per_ip: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 20
@@ -82,6 +87,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Each worker rereads disabled users (PostgreSQL) and revoked tokens (Redis) this
     # often: the bound for a change that bypassed the API or a lost pub/sub message.
     auth_reload_ms: Annotated[int, msgspec.Meta(ge=100, le=600_000)] = 5_000
+    # Reverse proxies trusted to give the client's address in X-Forwarded-For
+    # (addresses or networks, comma-separated); empty: the header is never believed.
+    forwarded_allow_ips: Annotated[str, msgspec.Meta(max_length=1_000)] = ""
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
     # 0 means one worker per core.
@@ -157,6 +165,10 @@ def settings_from_env(environ: dict[str, str] | None = None, **overrides: object
         raise SystemExit("invalid configuration: WS_QUEUE_SIZE is below WS_MAX_SYMBOLS")
     if 0 < settings.price_poll_ms < 50:
         raise SystemExit("invalid configuration: PRICE_POLL_MS must be 0 (off) or at least 50")
+    try:
+        trusted_networks(settings.forwarded_allow_ips)
+    except ValueError as exc:
+        raise SystemExit(f"invalid configuration: FORWARDED_ALLOW_IPS: {exc}") from None
     if settings.fake_binance:
         refuse_fake_binance_in_production(settings.exchange_env)
     if settings.jwt_secret == DEV_JWT_SECRET:

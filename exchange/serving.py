@@ -48,6 +48,9 @@ def run_uvicorn(factory: str, host: str, port: int, workers: int, log_level: str
         "log_config": logging_config(log_level, log_format),
         # exchange.access logs every request instead (exchange/observability.py).
         "access_log": False,
+        # The app reads X-Forwarded-For itself, from FORWARDED_ALLOW_IPS only
+        # (exchange/forwarded.py); uvicorn's default trusts 127.0.0.1.
+        "proxy_headers": False,
     }
     if workers == 1 or not hasattr(socket, "SO_REUSEPORT"):
         uvicorn.run(factory, workers=workers, **options)

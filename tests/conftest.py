@@ -119,10 +119,13 @@ def settings(database_url: str, service_urls: tuple[str, str], fake_binance: Fak
         bcrypt_rounds=4,
         db_pool_max_size=20,
         log_level="warning",
+        # Tests stand for a proxy on 127.0.0.1 that passes X-Forwarded-For.
+        forwarded_allow_ips="127.0.0.1",
         # The suite registers hundreds of users from 127.0.0.1; test_security.py runs
         # its own servers with low limits.
         login_limit_per_ip=0,
         login_limit_per_email=0,
+        login_limit_per_email_ip=0,
         register_limit_per_ip=0,
         register_limit_per_email=0,
     )
@@ -149,7 +152,8 @@ async def serving(app: ASGIApp, send_buffer_bytes: int | None = None) -> AsyncIt
     if send_buffer_bytes is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_bytes)
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
+    # As exchange/serving.py: the app reads X-Forwarded-For itself (FORWARDED_ALLOW_IPS).
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False, proxy_headers=False)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
