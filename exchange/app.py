@@ -35,7 +35,7 @@ from exchange.prices.binance import BinanceClient, create_http_client
 from exchange.prices.cache import PriceCache
 from exchange.prices.feed import PriceFeed
 from exchange.prices.stream import PriceStream
-from exchange.ratelimit import RateLimiter, limits_from, login_limits_from
+from exchange.ratelimit import RateLimiter, limits_from, login_limits_from, movement_quota_from
 from exchange.responses import ExchangeResponse
 from exchange.routes import auth, health, orders, prices, transactions, users, wallets
 from exchange.routes.admin import admin_router
@@ -77,7 +77,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             )
         )
         state.rate_limiter = RateLimiter(
-            state.redis, settings.redis_prefix, limits_from(settings), login_limits_from(settings)
+            state.redis,
+            settings.redis_prefix,
+            limits_from(settings),
+            login_limits_from(settings),
+            movement_quota_from(settings),
         )
         state.verified_tokens = VerifiedTokens(settings)
         state.user_turns = UserTurns(max_wait_ms=settings.db_lock_timeout_ms)

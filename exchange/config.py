@@ -84,6 +84,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     register_limit_per_ip: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 20
     register_limit_per_email: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 5
     register_window_seconds: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 60
+    # Money movements (deposits, withdrawals, orders) per user: a token bucket in Redis
+    # refilled by MOVEMENT_RATE_PER_USER a second, holding MOVEMENT_BURST_PER_USER;
+    # past it 429 rate_limited with Retry-After. 0 turns the quota off.
+    movement_rate_per_user: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 20
+    movement_burst_per_user: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 100
     # Each worker rereads disabled users (PostgreSQL) and revoked tokens (Redis) this
     # often: the bound for a change that bypassed the API or a lost pub/sub message.
     auth_reload_ms: Annotated[int, msgspec.Meta(ge=100, le=600_000)] = 5_000

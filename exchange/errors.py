@@ -132,8 +132,9 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     422: "`invalid_amount`, `too_many_decimals`, `idempotency_key_reused`, `password_too_short`, "
     "`password_too_long`, `exactly_one_quantity`, `quantity_off_step`, `quantity_out_of_range`, "
     "`below_min_notional`, `invalid_price_guard`; `details` names the field and the limit",
-    429: "`rate_limited`: too many attempts from this IP or for this email; retry after "
-    "`Retry-After` seconds (also in `details.retry_after`)",
+    429: "`rate_limited`: too many attempts from this IP or for this email, or more money "
+    "movements than the user's quota (MOVEMENT_RATE_PER_USER); retry after `Retry-After` seconds "
+    "(also in `details.retry_after`)",
     503: "`service_unavailable` (PostgreSQL or Redis unreachable) or `price_unavailable` (Binance "
     "not answering and no recent price; for a trade, none younger than TRADE_PRICE_MAX_AGE_MS); "
     "retry after `Retry-After`",

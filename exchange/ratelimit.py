@@ -116,6 +116,30 @@ return 0
 """
 
 
+# A token bucket per user for money movements. KEYS[1] the bucket (a hash: tokens, at);
+# ARGV[1] tokens added per second, ARGV[2] the bucket's size. Takes one token; returns
+# 0, or the ms until one is there (nothing taken). Redis's own clock: one for all hosts.
+_BUCKET = """
+local rate = tonumber(ARGV[1])
+local size = tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1]) or size
+local at = tonumber(state[2]) or now_ms
+tokens = math.min(size, tokens + math.max(0, now_ms - at) * rate / 1000)
+local wait = 0
+if tokens >= 1 then
+    tokens = tokens - 1
+else
+    wait = math.ceil((1 - tokens) * 1000 / rate)
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', now_ms)
+redis.call('PEXPIRE', KEYS[1], math.ceil(size * 1000 / rate) + 1000)
+return wait
+"""
+
+
 class Limits(msgspec.Struct, frozen=True):
     per_ip: Limit
     per_email: Limit
@@ -141,6 +165,17 @@ def limits_from(settings: Settings) -> dict[str, Limits]:
     }
 
 
+class MovementQuota(msgspec.Struct, frozen=True):
+    """Money movements per user: `per_second` on average (0: no quota), `burst` at once."""
+
+    per_second: int
+    burst: int
+
+
+def movement_quota_from(settings: Settings) -> MovementQuota:
+    return MovementQuota(settings.movement_rate_per_user, settings.movement_burst_per_user)
+
+
 def login_limits_from(settings: Settings) -> LoginLimits:
     return LoginLimits(
         attempts_per_ip=settings.login_limit_per_ip,
@@ -157,7 +192,12 @@ def email_digest(email: str) -> str:
 
 class RateLimiter:
     def __init__(
-        self, redis: aioredis.Redis, prefix: str, limits: dict[str, Limits], login: LoginLimits
+        self,
+        redis: aioredis.Redis,
+        prefix: str,
+        limits: dict[str, Limits],
+        login: LoginLimits,
+        movement_quota: MovementQuota,
     ) -> None:
         self._redis = redis
         self._prefix = f"{prefix}rl:"
@@ -166,6 +206,8 @@ class RateLimiter:
         self._hit = redis.register_script(_HIT)
         self._login_check = redis.register_script(_LOGIN)
         self._login_failed = redis.register_script(_LOGIN_FAILED)
+        self._bucket = redis.register_script(_BUCKET)
+        self._movement_quota = movement_quota
         self._warned_at = -math.inf
 
     def _login_keys(self, ip: str, email: str) -> list[str]:
@@ -230,6 +272,21 @@ class RateLimiter:
             return
         _refuse_if_waiting(waits_ms)
 
+    async def take_movement(self, user_id: int) -> None:
+        """One money movement of this user's quota; 429 rate_limited (Retry-After) if
+        its bucket is empty. Called before the movement, never under a row lock."""
+        quota = self._movement_quota
+        if not quota.per_second:
+            return
+        key = f"{self._prefix}move:{user_id}"
+        try:
+            wait_ms = await self._bucket(keys=[key], args=[quota.per_second, quota.burst])
+        except (RedisError, OSError) as exc:
+            self._warn(exc)
+            return
+        if int(wait_ms) > 0:
+            raise rate_limited(int(wait_ms), "money movements")
+
     def _warn(self, exc: Exception) -> None:
         now = time.monotonic()
         if now - self._warned_at >= WARN_EVERY_SECONDS:
@@ -237,12 +294,12 @@ class RateLimiter:
             log.warning("rate limits not enforced: Redis unavailable (%s)", type(exc).__name__)
 
 
-def rate_limited(wait_ms: int) -> ExchangeError:
+def rate_limited(wait_ms: int, what: str = "attempts") -> ExchangeError:
     """429 rate_limited, with Retry-After the whole seconds to wait."""
     retry_after = max(1, math.ceil(wait_ms / 1000))
     return ExchangeError(
         "rate_limited",
-        f"too many attempts; retry in {retry_after} s",
+        f"too many {what}; retry in {retry_after} s",
         429,
         {"retry_after": retry_after},
         headers={"Retry-After": str(retry_after)},

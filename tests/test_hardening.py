@@ -8,19 +8,24 @@ security headers and /metrics.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import secrets
 import subprocess
 import sys
 
+import asyncpg
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from conftest import TEST_PASSWORD, register_and_login
+from conftest import TEST_PASSWORD, fresh_database, key, move, register_and_login
 from test_security import code_of, own_server, private_prefix, try_login
 
 from exchange.config import Settings, jwt_secret_weakness, settings_from_env
+from exchange.db import SCHEMA
 from exchange.fake_binance import serve_in_thread
+from exchange.queries import Q
 
 STRONG_SECRET = secrets.token_urlsafe(32)
 # The login limits as shipped (README, Configuration).
@@ -159,3 +164,103 @@ async def test_the_owner_logs_in_while_an_attacker_keeps_failing_from_other_addr
         other = await register_and_login(client)
         answers = [await try_login(http, other.email, "guess-123", ip="203.0.113.200") for _ in range(6)]
         assert [a.status_code for a in answers] == [401] * 5 + [429]
+
+
+# 5. One user's work is bounded, and every history filter is served by an index.
+
+
+async def test_a_users_money_movements_are_bounded_by_a_quota(
+    client: httpx.AsyncClient, settings: Settings, db: asyncpg.Pool
+) -> None:
+    quota = {"movement_rate_per_user": 2, "movement_burst_per_user": 3}
+    async with own_server(settings, redis_prefix=private_prefix(settings), **quota) as (_, http):
+        account = await register_and_login(http)
+        other = await register_and_login(http)
+        answers = [await move(http, account, "deposit", "1") for _ in range(5)]
+        assert [a.status_code for a in answers[:3]] == [201] * 3
+        limited = answers[-1]
+        assert code_of(limited) == (429, "rate_limited")
+        assert limited.headers["retry-after"] == "1"
+        # Orders count too, and refused movements wrote nothing.
+        order = {"symbol": "BTCUSDT", "side": "buy", "quote_quantity": "10"}
+        headers = {**account.headers, "Idempotency-Key": key()}
+        assert code_of(await http.post("/api/v1/orders", json=order, headers=headers)) == (
+            429,
+            "rate_limited",
+        )
+        written = await db.fetchval("SELECT count(*) FROM transactions WHERE user_id = $1", account.id)
+        assert written == sum(a.status_code == 201 for a in answers)
+        # Other users have buckets of their own; the bucket refills at its rate.
+        assert (await move(http, other, "deposit", "1")).status_code == 201
+        await asyncio.sleep(0.6)
+        assert (await move(http, account, "deposit", "1")).status_code == 201
+
+
+# At this many rows (HISTORY_PLAN_ROWS=1000000 for the README's measurement) one user's
+# filtered history is planned on an index, never a scan of their history and a sort.
+HISTORY_PLAN_ROWS = int(os.environ.get("HISTORY_PLAN_ROWS", "40000"))
+
+
+@pytest.mark.parametrize(
+    ("kind", "asset"),
+    [
+        (None, None),
+        ("withdrawal", None),
+        (None, "ETH"),
+        ("sell", "USDT"),
+        ("withdrawal", "USDT"),
+        ("buy", "BTC"),
+    ],
+)
+async def test_every_history_filter_reads_a_page_not_the_history(
+    service_urls: tuple[str, str], kind: str | None, asset: str | None
+) -> None:
+    async with fresh_database(service_urls[0]) as url:
+        conn = await asyncpg.connect(url, server_settings={"search_path": SCHEMA})
+        try:
+            await _fill_history(conn, HISTORY_PLAN_ROWS)
+            query, args = _history_query(kind, asset)
+            explained = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {query}", *args)
+        finally:
+            await conn.close()
+    plan = "\n".join(row[0] for row in explained)
+    assert "Index Scan" in plan and "Seq Scan" not in plan and "Bitmap" not in plan, plan
+    # The top node's buffers are the whole query's: a page's worth, not the history's.
+    hit, read = re.search(r"Buffers: shared hit=(\d+)(?: read=(\d+))?", plan).groups("0")  # type: ignore[union-attr]
+    assert int(hit) + int(read) < 200, plan
+    print(f"\n{HISTORY_PLAN_ROWS} rows, kind={kind} asset={asset}:\n{plan}")
+
+
+def _history_query(kind: str | None, asset: str | None) -> tuple[str, list[object]]:
+    """The statement repo.transactions_for_user sends for these filters, first page of 50."""
+    if asset is not None:
+        return Q.transactions_for_user_by_asset, [1, None, kind, asset, 50]
+    if kind is not None:
+        return Q.transactions_for_user_by_kind, [1, None, kind, 50]
+    return Q.transactions_for_user, [1, None, 50]
+
+
+async def _fill_history(conn: asyncpg.Connection, rows: int) -> None:
+    """User 1's history: mostly USDT deposits and BTC/USDT trades, a few withdrawals and
+    ETH sells, so some filters match rarely (the case a sort over the user's rows hurts)."""
+    await conn.execute(
+        "INSERT INTO users (email, password_hash) VALUES ('a@example.com', 'x'), ('b@example.com', 'x')"
+    )
+    await conn.execute(
+        """
+        INSERT INTO transactions (user_id, kind, idempotency_key, request_hash, asset, amount,
+                                  balance_after, symbol, quote_asset)
+        SELECT 1 + (n % 10 = 0)::int,
+               CASE WHEN n % 500 = 1 THEN 'withdrawal' WHEN n % 500 = 2 THEN 'sell'
+                    WHEN n % 2 = 0 THEN 'deposit' ELSE 'buy' END,
+               'k' || n, '\\x00',
+               CASE WHEN n % 500 = 1 THEN 'USDT' WHEN n % 500 = 2 THEN 'ETH'
+                    WHEN n % 2 = 0 THEN 'USDT' ELSE 'BTC' END,
+               1, 1,
+               CASE WHEN n % 500 = 2 THEN 'ETHUSDT' WHEN n % 2 = 1 AND n % 500 <> 1 THEN 'BTCUSDT' END,
+               CASE WHEN n % 500 = 2 OR (n % 2 = 1 AND n % 500 <> 1) THEN 'USDT' END
+        FROM generate_series(1, $1) AS n
+        """,
+        rows,
+    )
+    await conn.execute("ANALYZE transactions")
