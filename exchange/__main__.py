@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("migrate", help="apply pending migrations and exit")
 
-    admin = commands.add_parser("create-admin", help="make EMAIL an admin (creating the account if needed)")
+    admin = commands.add_parser(
+        "create-admin", help="make EMAIL an enabled admin (creating the account if needed)"
+    )
     admin.add_argument("email")
     admin.add_argument(
         "--password-stdin",
@@ -138,7 +140,8 @@ async def create_admin(settings: Settings, email: str, password_stdin: bool) -> 
             user = await repo.create_user(conn, email, password_hash, role="admin")
             print(f"created admin {user.email} (id {user.id})")
         else:
-            print(f"{user.email} (id {user.id}) is now an admin")
+            # Enabled too (a disabled admin is recovered); workers apply it within AUTH_RELOAD_MS.
+            print(f"{user.email} (id {user.id}) is now an admin (enabled)")
     finally:
         await conn.close()
     return 0

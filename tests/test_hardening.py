@@ -20,10 +20,11 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from conftest import TEST_PASSWORD, fresh_database, key, move, register_and_login
-from test_security import code_of, own_server, private_prefix, try_login
+from test_security import code_of, make_admin, own_server, private_prefix, try_login
 
 from exchange.config import Settings, jwt_secret_weakness, settings_from_env
 from exchange.db import SCHEMA
+from exchange.errors import from_postgres_error
 from exchange.fake_binance import serve_in_thread
 from exchange.queries import Q
 
@@ -264,3 +265,95 @@ async def _fill_history(conn: asyncpg.Connection, rows: int) -> None:
         rows,
     )
     await conn.execute("ANALYZE transactions")
+
+
+# 7. The last active admin stays; create-admin recovers a disabled one.
+
+
+async def test_two_admins_disabling_each_other_at_once_leave_one_admin(
+    service_urls: tuple[str, str], settings: Settings
+) -> None:
+    # A database of its own: the session's has admins from other tests.
+    async with fresh_database(service_urls[0]) as url:
+        async with own_server(settings, database_url=url, redis_prefix=private_prefix(settings)) as (_, http):
+            pool = await asyncpg.create_pool(
+                url, min_size=1, max_size=2, server_settings={"search_path": SCHEMA}
+            )
+            try:
+                await _admins_cannot_vanish(http, pool, url)
+            finally:
+                await pool.close()
+
+
+async def _admins_cannot_vanish(http: httpx.AsyncClient, pool: asyncpg.Pool, url: str) -> None:
+    last = None
+    for _ in range(5):
+        first, second = await make_admin(http, pool), await make_admin(http, pool)
+        if last is not None:  # the last round's survivor steps down: these two are the admins
+            await pool.execute("UPDATE users SET role = 'user' WHERE id = $1", last.id)
+        answers = await asyncio.gather(
+            http.post(f"/api/v1/admin/users/{second.id}/disable", headers=first.headers),
+            http.post(f"/api/v1/admin/users/{first.id}/disable", headers=second.headers),
+        )
+        assert sorted(a.status_code for a in answers) == [200, 409], [a.text for a in answers]
+        refused = next(a for a in answers if a.status_code == 409)
+        assert refused.json()["error"]["code"] == "last_admin"
+        active = await pool.fetchval("SELECT count(*) FROM users WHERE role = 'admin' AND NOT disabled")
+        assert active == 1
+        # Neither a DBA's demotion nor a deletion takes the last one out.
+        last = first if answers[0].status_code == 200 else second
+        with pytest.raises(asyncpg.PostgresError, match="last active admin"):
+            await pool.execute("UPDATE users SET role = 'user' WHERE id = $1", last.id)
+        with pytest.raises(asyncpg.PostgresError, match="last active admin"):
+            await pool.execute("DELETE FROM users WHERE id = $1", last.id)
+    # create-admin makes a disabled account an enabled admin again.
+    assert last is not None
+    disabled = await make_admin(http, pool)
+    refused = await http.post(f"/api/v1/admin/users/{disabled.id}/disable", headers=last.headers)
+    assert refused.status_code == 200
+    done = run_command("create-admin", disabled.email, DATABASE_URL=url)
+    assert done.returncode == 0, done.stderr
+    row = await pool.fetchrow("SELECT role, disabled FROM users WHERE id = $1", disabled.id)
+    assert (row["role"], row["disabled"]) == ("admin", False)
+
+
+# 8. A deleted user's token stops working; a deleted user's movement is a 401, not a 500.
+
+
+async def test_a_deleted_users_token_answers_401(
+    client: httpx.AsyncClient, settings: Settings, db: asyncpg.Pool
+) -> None:
+    async with (
+        own_server(settings, auth_reload_ms=60_000) as (_, slow),
+        own_server(settings, auth_reload_ms=200) as (
+            _,
+            quick,
+        ),
+    ):
+        account = await register_and_login(client)
+        await db.execute("DELETE FROM users WHERE id = $1", account.id)
+        # Before any reload: the movement's foreign key refuses it, mapped to 401.
+        for kind in ("deposit", "withdraw"):
+            assert code_of(await move(slow, account, kind, "1")) == (401, "unauthorized")
+        order = {"symbol": "BTCUSDT", "side": "buy", "quote_quantity": "10"}
+        ordered = await slow.post(
+            "/api/v1/orders", json=order, headers={**account.headers, "Idempotency-Key": key()}
+        )
+        assert ordered.status_code in (401, 503), ordered.text  # 503 only if no price yet
+        # After a reload, every route refuses the token.
+        await asyncio.sleep(0.6)
+        assert code_of(await quick.get("/api/v1/wallets", headers=account.headers)) == (401, "unauthorized")
+
+
+async def test_every_integrity_violation_has_a_named_error() -> None:
+    fields = {
+        "S": "ERROR",
+        "C": "23514",
+        "M": "new row violates check constraint",
+        "n": "accounts_balance_check",
+    }
+    answer = from_postgres_error(None, asyncpg.PostgresError.new(fields))  # type: ignore[arg-type]
+    assert answer.status_code == 409 and answer.content.error.code == "conflict"
+    fields = {"S": "ERROR", "C": "23503", "M": "violates foreign key", "n": "accounts_user_id_fkey"}
+    answer = from_postgres_error(None, asyncpg.PostgresError.new(fields))  # type: ignore[arg-type]
+    assert answer.status_code == 401 and answer.content.error.code == "unauthorized"
