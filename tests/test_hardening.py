@@ -9,6 +9,7 @@ security headers and /metrics.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import secrets
@@ -26,6 +27,7 @@ from exchange.config import Settings, jwt_secret_weakness, settings_from_env
 from exchange.db import SCHEMA
 from exchange.errors import from_postgres_error
 from exchange.fake_binance import serve_in_thread
+from exchange.logs import TextFormatter
 from exchange.queries import Q
 
 STRONG_SECRET = secrets.token_urlsafe(32)
@@ -357,3 +359,39 @@ async def test_every_integrity_violation_has_a_named_error() -> None:
     fields = {"S": "ERROR", "C": "23503", "M": "violates foreign key", "n": "accounts_user_id_fkey"}
     answer = from_postgres_error(None, asyncpg.PostgresError.new(fields))  # type: ignore[arg-type]
     assert answer.status_code == 401 and answer.content.error.code == "unauthorized"
+
+
+# 9. A client's value never writes a log line of its own, and is logged bounded.
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+async def test_text_logs_escape_and_bound_what_a_client_sends(client: httpx.AsyncClient) -> None:
+    access = logging.getLogger("exchange.access")
+    records, level = _Records(), access.level
+    access.addHandler(records)
+    access.setLevel(logging.INFO)
+    try:
+        forged = (
+            "/x%0a2026-12-01 00:00:00,000 INFO exchange.access: request path=/admin status=200%1b[2J%e2%80%a8"
+        )
+        await client.get(forged)
+        await client.get("/" + "a" * 8_000)
+    finally:
+        access.removeHandler(records)
+        access.setLevel(level)
+    lines = [TextFormatter().format(record) for record in records.records]
+    assert len(lines) == 2
+    assert all("\n" not in line and "\x1b" not in line and "\u2028" not in line for line in lines)
+    assert "\\n2026-12-01" in lines[0] and "\\x1b" in lines[0] and "\\u2028" in lines[0]
+    # The forged "fields" stay inside the quoted path.
+    assert ' path="/x\\\\n2026-12-01' in lines[0]
+    assert records.records[1].fields["path"] == "/" + "a" * 255 + "..."  # type: ignore[attr-defined]
+    assert len(lines[1]) < 600
