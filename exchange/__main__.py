@@ -16,6 +16,7 @@ from exchange.config import Settings, refuse_fake_binance_in_production, setting
 from exchange.db import connect, migrate
 from exchange.errors import ExchangeError
 from exchange.fake_binance import create_fake_binance, serve_in_thread
+from exchange.http_limits import http_limits_from
 from exchange.logs import configure_logging, log_format_from_env
 from exchange.metrics_dir import metrics_directory
 from exchange.security import check_password_rules, hash_password
@@ -108,6 +109,7 @@ def serve_command(settings: Settings, host: str | None, port: int | None, worker
             workers or settings.workers or os.cpu_count() or 1,
             settings.log_level,
             settings.log_format,
+            http_limits_from(settings),
         )
     return 0
 

@@ -101,6 +101,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     workers: Annotated[int, msgspec.Meta(ge=0, le=64)] = 0
     # Request bodies above this many bytes are refused with 413.
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=10_000_000)] = 65_536
+    # The request line and headers together, and how many header fields; past either,
+    # 431 and the connection closed (exchange/http_limits.py).
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1_048_576)] = 16_384
+    max_headers: Annotated[int, msgspec.Meta(ge=10, le=1_000)] = 100
+    # From a connection's start (or a request's first byte) to the end of its headers;
+    # past it the connection is closed (a slowloris client holds no connection longer).
+    header_timeout_ms: Annotated[int, msgspec.Meta(ge=100, le=600_000)] = 10_000
+    # Connections and requests in flight per worker (uvicorn's limit_concurrency); past
+    # it new requests answer 503. Above WS_MAX_CONNECTIONS: WebSocket clients count.
+    limit_concurrency: Annotated[int, msgspec.Meta(ge=10, le=1_000_000)] = 2_048
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # json: one JSON object per line (exchange/logs.py); text: for reading in a terminal.
     log_format: Literal["json", "text"] = "json"
@@ -168,6 +178,8 @@ def settings_from_env(environ: dict[str, str] | None = None, **overrides: object
     if settings.ws_queue_size < settings.ws_max_symbols:
         # One publication of the feed can bring a message for every symbol at once.
         raise SystemExit("invalid configuration: WS_QUEUE_SIZE is below WS_MAX_SYMBOLS")
+    if settings.limit_concurrency <= settings.ws_max_connections:
+        raise SystemExit("invalid configuration: LIMIT_CONCURRENCY must be above WS_MAX_CONNECTIONS")
     if 0 < settings.price_poll_ms < 50:
         raise SystemExit("invalid configuration: PRICE_POLL_MS must be 0 (off) or at least 50")
     try:
@@ -179,13 +191,13 @@ def settings_from_env(environ: dict[str, str] | None = None, **overrides: object
     if settings.jwt_secret == DEV_JWT_SECRET:
         if settings.exchange_env == "production":
             raise SystemExit("JWT_SECRET must be set in production (EXCHANGE_ENV=production)")
+        log.warning(
+            "JWT_SECRET is not set: using the development default. Anyone can forge "
+            "tokens for this server. Set JWT_SECRET (32+ characters) before exposing it."
+        )
     elif settings.exchange_env == "production" and (weakness := jwt_secret_weakness(settings.jwt_secret)):
         raise SystemExit(
             f"JWT_SECRET is too weak for production: {weakness}. Make one with "
             "`python -c 'import secrets; print(secrets.token_urlsafe(32))'` or `openssl rand -hex 32`"
-        )
-        log.warning(
-            "JWT_SECRET is not set: using the development default. Anyone can forge "
-            "tokens for this server. Set JWT_SECRET (32+ characters) before exposing it."
         )
     return settings

@@ -31,6 +31,7 @@ from exchange.app import create_app
 from exchange.config import Settings, settings_from_env
 from exchange.db import SCHEMA, migrate, scratch_database
 from exchange.fake_binance import create_fake_binance
+from exchange.http_limits import HttpLimits, uvicorn_options
 from exchange.schemas import Violation
 from exchange.sockets import listening_socket
 
@@ -146,7 +147,9 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 @asynccontextmanager
-async def serving(app: ASGIApp, send_buffer_bytes: int | None = None) -> AsyncIterator[str]:
+async def serving(
+    app: ASGIApp, send_buffer_bytes: int | None = None, http_limits: HttpLimits | None = None
+) -> AsyncIterator[str]:
     """An ASGI app under uvicorn on a free local port, in this event loop; yields its URL.
 
     send_buffer_bytes caps each connection's kernel send buffer (accepted sockets inherit
@@ -156,8 +159,9 @@ async def serving(app: ASGIApp, send_buffer_bytes: int | None = None) -> AsyncIt
     if send_buffer_bytes is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_bytes)
     port = sock.getsockname()[1]
-    # As exchange/serving.py: the app reads X-Forwarded-For itself (FORWARDED_ALLOW_IPS).
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False, proxy_headers=False)
+    # As exchange/serving.py: header bounds, limit_concurrency, no proxy headers.
+    options = uvicorn_options(http_limits or HttpLimits())
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False, **options)  # type: ignore[arg-type]
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:

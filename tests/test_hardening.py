@@ -15,18 +15,23 @@ import re
 import secrets
 import subprocess
 import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import asyncpg
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from conftest import TEST_PASSWORD, fresh_database, key, move, register_and_login
+from conftest import TEST_PASSWORD, fresh_database, key, move, register_and_login, serving
 from test_security import code_of, make_admin, own_server, private_prefix, try_login
 
+from exchange.app import create_app
 from exchange.config import Settings, jwt_secret_weakness, settings_from_env
 from exchange.db import SCHEMA
 from exchange.errors import from_postgres_error
 from exchange.fake_binance import serve_in_thread
+from exchange.http_limits import HttpLimits
 from exchange.logs import TextFormatter
 from exchange.queries import Q
 
@@ -134,7 +139,7 @@ async def test_behind_a_trusted_proxy_the_rightmost_untrusted_address_counts(
         )
         # A huge or malformed value is no address: the proxy's own is counted, and every
         # key stays short.
-        huge = "x" * 20_000 + ", " + "9" * 5_000
+        huge = "x" * 8_000 + ", " + "9" * 4_000  # within MAX_HEADER_BYTES; past it: 431
         assert (await try_login(http, account.email, TEST_PASSWORD, ip=huge)).status_code == 200
         redis = aioredis.from_url(settings.redis_url)
         keys = [key async for key in redis.scan_iter(f"{prefix}*")]
@@ -395,3 +400,78 @@ async def test_text_logs_escape_and_bound_what_a_client_sends(client: httpx.Asyn
     assert ' path="/x\\\\n2026-12-01' in lines[0]
     assert records.records[1].fields["path"] == "/" + "a" * 255 + "..."  # type: ignore[attr-defined]
     assert len(lines[1]) < 600
+
+
+# 10. Headers are bounded in size, count and time; connections per worker are bounded.
+
+
+@asynccontextmanager
+async def bounded_server(settings: Settings, limits: HttpLimits) -> AsyncIterator[tuple[str, int]]:
+    async with serving(create_app(settings), http_limits=limits) as url:
+        host, port = url.removeprefix("http://").split(":")
+        yield host, int(port)
+
+
+async def _exchange(host: str, port: int, request: bytes, wait_s: float = 5) -> bytes:  # float-ok
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(65_536), wait_s)
+    except ConnectionError:
+        return b""
+    finally:
+        writer.close()
+
+
+async def test_oversized_or_too_many_headers_answer_431(settings: Settings) -> None:
+    async with bounded_server(settings, HttpLimits(max_header_bytes=8_192, max_headers=50)) as (host, port):
+        huge = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n"
+        assert (await _exchange(host, port, huge)).startswith(b"HTTP/1.1 431 ")
+        many = (
+            b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % n for n in range(60)) + b"\r\n"
+        )
+        answer = await _exchange(host, port, many)
+        assert answer.startswith(b"HTTP/1.1 431 ") and b'"code":"headers_too_large"' in answer
+        long_path = b"GET /" + b"p" * 10_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        assert (await _exchange(host, port, long_path)).startswith(b"HTTP/1.1 431 ")
+        # Within the bounds, requests are served on the same kind of connection.
+        fine = (
+            b"GET /health HTTP/1.1\r\nHost: x\r\n"
+            + b"X-Ok: "
+            + b"b" * 4_000
+            + b"\r\nConnection: close\r\n\r\n"
+        )
+        assert (await _exchange(host, port, fine)).startswith(b"HTTP/1.1 200 ")
+
+
+async def test_a_client_slow_to_send_its_headers_is_disconnected(settings: Settings) -> None:
+    async with bounded_server(settings, HttpLimits(header_timeout_ms=500)) as (host, port):
+        for opening in (b"", b"GET /health HTTP/1.1\r\nHost: x\r\n"):  # idle, or headers half sent
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(opening)
+            started = time.monotonic()
+            try:
+                for _ in range(5):  # a byte now and then does not keep it open
+                    await asyncio.sleep(0.15)
+                    writer.write(b"X")
+                assert await asyncio.wait_for(reader.read(), 3) == b""  # closed by the server
+            except ConnectionError:
+                pass
+            finally:
+                writer.close()
+            assert time.monotonic() - started < 1.5
+
+
+async def test_connections_past_limit_concurrency_answer_503(settings: Settings) -> None:
+    async with bounded_server(settings, HttpLimits(limit_concurrency=10)) as (host, port):
+        idle = [await asyncio.open_connection(host, port) for _ in range(10)]
+        try:
+            answer = await _exchange(host, port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 503 ")
+        finally:
+            for _, writer in idle:
+                writer.close()
+        await asyncio.sleep(0.1)
+        answer = await _exchange(host, port, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 ")
