@@ -41,6 +41,7 @@ from exchange.routes import auth, health, orders, prices, transactions, users, w
 from exchange.routes.admin import admin_router
 from exchange.schemas import DecimalText, decimal_text
 from exchange.security import BearerAuthMiddleware, VerifiedTokens, hash_password
+from exchange.security_headers import SecurityHeaders
 from exchange.user_turns import UserTurns
 
 API_PREFIX = "/api/v1"
@@ -154,6 +155,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         debug=False,
     )
     observe(app)  # request ids, the per-request log line and metrics
+    app.asgi_handler = SecurityHeaders(app.asgi_handler)
     # Outermost: the log line and the rate limits see the client behind trusted proxies.
     app.asgi_handler = ForwardedClient(app.asgi_handler, trusted_networks(settings.forwarded_allow_ips))
     return app

@@ -9,6 +9,8 @@ security headers and /metrics.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
 import os
 import re
@@ -475,3 +477,73 @@ async def test_connections_past_limit_concurrency_answer_503(settings: Settings)
         await asyncio.sleep(0.1)
         answer = await _exchange(host, port, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+# 11. Security headers on every answer; the docs pages allow only their own scripts.
+
+
+async def test_every_answer_carries_the_security_headers(client: httpx.AsyncClient) -> None:
+    json_body = {"Content-Type": "application/json"}
+    answers = [
+        await client.get("/health"),
+        await client.get("/api/v1/wallets"),  # 401
+        await client.get("/no/such/route"),  # 404, unmatched
+        await client.post("/api/v1/auth/register", content=b"{", headers=json_body),
+        await client.get("/schema/openapi.json"),
+    ]
+    for answer in answers:
+        assert answer.headers["x-content-type-options"] == "nosniff", answer.url
+        assert answer.headers["x-frame-options"] == "DENY"
+        assert answer.headers["referrer-policy"] == "no-referrer"
+        assert answer.headers["content-security-policy"].startswith(
+            "default-src 'none'; frame-ancestors 'none'"
+        )
+        assert "strict-transport-security" not in answer.headers
+    # HTTPS terminated by a trusted proxy in front: HSTS.
+    https = await client.get("/health", headers={"X-Forwarded-Proto": "https"})
+    assert https.headers["strict-transport-security"].startswith("max-age=31536000")
+
+
+@pytest.mark.parametrize(
+    "path", ["/schema", "/schema/swagger", "/schema/scalar", "/schema/oauth2-redirect.html"]
+)
+async def test_the_docs_pages_allow_only_this_origin_and_their_own_inline_scripts(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    page = await client.get(path)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    csp = dict(part.strip().split(" ", 1) for part in page.headers["content-security-policy"].split(";"))
+    assert csp["default-src"] == "'self'" and csp["frame-ancestors"] == "'none'"
+    sources = csp["script-src"].split()
+    assert sources[0] == "'self'" and "'unsafe-inline'" not in sources and "'unsafe-eval'" not in sources
+    assert not any(s.startswith(("http", "*")) for s in sources)
+    # Each inline script is allowed by its own hash, and nothing else inline is.
+    inline = re.findall(r"<script\b([^>]*)>(.*?)</script>", page.text, re.DOTALL)
+    expected = {
+        "'sha256-" + base64.b64encode(hashlib.sha256(body.encode()).digest()).decode() + "'"
+        for attributes, body in inline
+        if "src=" not in attributes
+    }
+    assert set(sources[1:]) == expected
+
+
+# 12. /metrics is closed in production unless a token is set; open in development.
+
+
+async def test_metrics_are_closed_in_production_without_a_token(settings: Settings) -> None:
+    async with own_server(settings, exchange_env="production", jwt_secret=STRONG_SECRET) as (_, http):
+        closed = await http.get("/metrics")
+        assert code_of(closed) == (401, "unauthorized")
+        assert "METRICS_TOKEN" in closed.json()["error"]["message"]
+    token = secrets.token_urlsafe(16)
+    async with own_server(
+        settings, exchange_env="production", jwt_secret=STRONG_SECRET, metrics_token=token
+    ) as (
+        _,
+        http,
+    ):
+        assert (await http.get("/metrics")).status_code == 401
+        scraped = await http.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+        assert scraped.status_code == 200 and "exchange_http_requests_total" in scraped.text
+    async with own_server(settings) as (_, http):  # development: open
+        assert (await http.get("/metrics")).status_code == 200
