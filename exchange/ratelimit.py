@@ -19,9 +19,12 @@ passwords a minute from anywhere). Following OWASP's authentication cheat sheet
   guesser gets one guess per fresh address per window.
 A right password clears its address's failures for that email.
 
+Money movements are bounded per user by a token bucket (MOVEMENT_RATE_PER_USER a
+second, MOVEMENT_BURST_PER_USER at once), one script call before the movement.
+
 If Redis cannot be reached, requests are let through (fail open) with a warning at
-most every WARN_EVERY_SECONDS: logging in and registering keep working during an outage,
-unthrottled, which the README says.
+most every WARN_EVERY_SECONDS: logging in, registering and moving money keep working
+during an outage, unthrottled, which the README says.
 """
 
 from __future__ import annotations
