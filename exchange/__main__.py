@@ -9,16 +9,15 @@ import logging
 import os
 import sys
 
-import msgspec
-
 from exchange import repo
 from exchange.bench.run import add_arguments as add_bench_arguments
 from exchange.bench.run import bench_command
-from exchange.config import Settings, settings_from_env
+from exchange.config import Settings, refuse_fake_binance_in_production, settings_from_env
 from exchange.db import connect, migrate, migrate_report
 from exchange.emails import checked_email, email_report, normal_email
 from exchange.errors import ExchangeError
 from exchange.fake_binance import create_fake_binance, serve_in_thread
+from exchange.http_limits import http_limits_from
 from exchange.logs import configure_logging, log_format_from_env
 from exchange.metrics_dir import metrics_directory
 from exchange.security import check_password_rules, hash_password
@@ -65,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     sql_commands.add_parser("status", help="what `exchange migrate` would apply (same as migrate --dry-run)")
 
-    admin = commands.add_parser("create-admin", help="make EMAIL an admin (creating the account if needed)")
+    admin = commands.add_parser(
+        "create-admin", help="make EMAIL an enabled admin (creating the account if needed)"
+    )
     admin.add_argument("email")
     admin.add_argument(
         "--password-stdin",
@@ -102,10 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         configure_logging("info", log_format_from_env())
     else:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    settings = settings_from_env()
+    # The flag goes through the settings' own check (production refuses the stand-in).
+    overrides = {"fake_binance": True} if args.command == "serve" and args.fake_binance else {}
+    settings = settings_from_env(**overrides)
     if args.command == "serve":
-        if args.fake_binance:
-            settings = msgspec.structs.replace(settings, fake_binance=True)
         return serve_command(settings, args.host, args.port, args.workers)
     if args.command == "migrate":
         return migrate_command(settings, dry_run=args.dry_run, force=args.force)
@@ -122,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         return bench_command(settings, args)
     if args.command == "fake-binance":
+        refuse_fake_binance_in_production(settings.exchange_env)
         return fake_binance_command(args.host, args.port, args.seed)
     parser.error(f"unknown command {args.command}")
     return 2
@@ -166,7 +168,9 @@ def serve_command(settings: Settings, host: str | None, port: int | None, worker
         # The workers read BINANCE_URL from the environment they inherit.
         os.environ["BINANCE_URL"] = serve_in_thread(settings.fake_binance_seed)
         logging.getLogger("exchange").info(
-            "offline mode: prices come from the local Binance stand-in at %s", os.environ["BINANCE_URL"]
+            "offline mode: prices come from the local Binance stand-in at %s (its control "
+            "endpoints are off: prices cannot be set from outside)",
+            os.environ["BINANCE_URL"],
         )
     # The workers inherit PROMETHEUS_MULTIPROC_DIR: /metrics adds up all of them.
     with metrics_directory():
@@ -177,6 +181,7 @@ def serve_command(settings: Settings, host: str | None, port: int | None, worker
             workers,
             settings.log_level,
             settings.log_format,
+            http_limits_from(settings),
         )
     return 0
 
@@ -205,9 +210,14 @@ async def warn_if_pools_exceed_max_connections(settings: Settings, workers: int)
 def fake_binance_command(host: str, port: int, seed: int) -> int:
     import uvicorn
 
-    print(f"Binance stand-in on http://{host}:{port} (seed {seed}); control: /_fake/stats, /_fake/faults")
+    print(
+        f"Binance stand-in on http://{host}:{port} (seed {seed}), for tests and demos: its control "
+        "endpoints (/_fake/stats, /_fake/faults, /_fake/prices, /_fake/reset) are ON and unauthenticated: "
+        "anyone who can reach this port sets the prices"
+    )
     sock = listening_socket(host, port)
-    uvicorn.Server(uvicorn.Config(create_fake_binance(seed), log_level="warning")).run(sockets=[sock])
+    app = create_fake_binance(seed, control=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     return 0
 
 
@@ -229,7 +239,8 @@ async def create_admin(settings: Settings, email: str, password_stdin: bool) -> 
             user = await repo.create_user(conn, email, password_hash, role="admin")
             print(f"created admin {user.email} (id {user.id})")
         else:
-            print(f"{user.email} (id {user.id}) is now an admin")
+            # Enabled too (a disabled admin is recovered); workers apply it within AUTH_RELOAD_MS.
+            print(f"{user.email} (id {user.id}) is now an admin (enabled)")
     finally:
         await conn.close()
     return 0

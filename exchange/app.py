@@ -24,6 +24,7 @@ from exchange.config import Settings, settings_from_env
 from exchange.db import create_pool
 from exchange.denylist import Denylist
 from exchange.errors import exception_handlers
+from exchange.forwarded import ForwardedClient, trusted_networks
 from exchange.logs import configure_logging, skip_unused_record_fields
 from exchange.metrics import metrics_endpoint, worker_stopped
 from exchange.money import Money
@@ -34,12 +35,13 @@ from exchange.prices.binance import BinanceClient, create_http_client
 from exchange.prices.cache import PriceCache
 from exchange.prices.feed import PriceFeed
 from exchange.prices.stream import PriceStream
-from exchange.ratelimit import RateLimiter, limits_from
+from exchange.ratelimit import RateLimiter, limits_from, login_limits_from, movement_quota_from
 from exchange.responses import ExchangeResponse
 from exchange.routes import auth, health, orders, prices, transactions, users, wallets
 from exchange.routes.admin import admin_router
 from exchange.schemas import DecimalText, decimal_text
 from exchange.security import BearerAuthMiddleware, VerifiedTokens, hash_password
+from exchange.security_headers import SecurityHeaders
 from exchange.user_turns import UserTurns
 
 API_PREFIX = "/api/v1"
@@ -75,7 +77,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 retry=REDIS_RETRY,
             )
         )
-        state.rate_limiter = RateLimiter(state.redis, settings.redis_prefix, limits_from(settings))
+        state.rate_limiter = RateLimiter(
+            state.redis,
+            settings.redis_prefix,
+            limits_from(settings),
+            login_limits_from(settings),
+            movement_quota_from(settings),
+        )
         state.verified_tokens = VerifiedTokens(settings)
         state.user_turns = UserTurns(max_wait_ms=settings.db_lock_timeout_ms)
         state.movements = MovementBatches.from_settings(state.pool, settings)
@@ -146,7 +154,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         logging_config=None,
         debug=False,
     )
-    return observe(app)  # request ids, the per-request log line and metrics
+    observe(app)  # request ids, the per-request log line and metrics
+    app.asgi_handler = SecurityHeaders(app.asgi_handler)
+    # Outermost: the log line and the rate limits see the client behind trusted proxies.
+    app.asgi_handler = ForwardedClient(app.asgi_handler, trusted_networks(settings.forwarded_allow_ips))
+    return app
 
 
 def price_cache(

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
+import string
+from collections import Counter
 from typing import Annotated, Literal
 
 import msgspec
+
+from exchange.forwarded import trusted_networks
 
 log = logging.getLogger("exchange.config")
 
@@ -68,28 +73,87 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     jwt_ttl_seconds: Annotated[int, msgspec.Meta(ge=60, le=86_400)] = 3600
     # bcrypt cost; tests lower it to keep the suite fast.
     bcrypt_rounds: Annotated[int, msgspec.Meta(ge=4, le=16)] = 12
-    # Attempts allowed per client IP and per email in each fixed window, counted in
-    # Redis for the whole deployment (exchange/ratelimit.py); 0 turns a limit off.
+    # In each fixed window, counted in Redis for the whole deployment
+    # (exchange/ratelimit.py; 0 turns a limit off): login attempts per client IP; wrong
+    # passwords per email from one IP; wrong passwords per email from all IPs, past
+    # which only IPs without a failure on that email may try it.
     login_limit_per_ip: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 100
+    login_limit_per_email_ip: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 5
     login_limit_per_email: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 10
     login_window_seconds: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 60
     register_limit_per_ip: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 20
     register_limit_per_email: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 5
     register_window_seconds: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 60
+    # Money movements (deposits, withdrawals, orders) per user: a token bucket in Redis
+    # refilled by MOVEMENT_RATE_PER_USER a second, holding MOVEMENT_BURST_PER_USER;
+    # past it 429 rate_limited with Retry-After. 0 turns the quota off.
+    movement_rate_per_user: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 20
+    movement_burst_per_user: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 100
     # Each worker rereads disabled users (PostgreSQL) and revoked tokens (Redis) this
     # often: the bound for a change that bypassed the API or a lost pub/sub message.
     auth_reload_ms: Annotated[int, msgspec.Meta(ge=100, le=600_000)] = 5_000
+    # Reverse proxies trusted to give the client's address in X-Forwarded-For
+    # (addresses or networks, comma-separated); empty: the header is never believed.
+    forwarded_allow_ips: Annotated[str, msgspec.Meta(max_length=1_000)] = ""
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
     # 0 means one worker per core.
     workers: Annotated[int, msgspec.Meta(ge=0, le=64)] = 0
     # Request bodies above this many bytes are refused with 413.
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=10_000_000)] = 65_536
+    # The request line and headers together, and how many header fields; past either,
+    # 431 and the connection closed (exchange/http_limits.py).
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1_048_576)] = 16_384
+    max_headers: Annotated[int, msgspec.Meta(ge=10, le=1_000)] = 100
+    # From a connection's start (or a request's first byte) to the end of its headers;
+    # past it the connection is closed (a slowloris client holds no connection longer).
+    header_timeout_ms: Annotated[int, msgspec.Meta(ge=100, le=600_000)] = 10_000
+    # Connections and requests in flight per worker (uvicorn's limit_concurrency); past
+    # it new requests answer 503. Above WS_MAX_CONNECTIONS: WebSocket clients count.
+    limit_concurrency: Annotated[int, msgspec.Meta(ge=10, le=1_000_000)] = 2_048
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # json: one JSON object per line (exchange/logs.py); text: for reading in a terminal.
     log_format: Literal["json", "text"] = "json"
     # If set, GET /metrics asks for `Authorization: Bearer <METRICS_TOKEN>`.
     metrics_token: Annotated[str, msgspec.Meta(max_length=256)] = ""
+
+
+# A production JWT_SECRET carries at least this much key material: 32 random bytes (the
+# HS256 key size), estimated from its characters' own frequencies.
+JWT_SECRET_MIN_BITS = 128
+JWT_SECRET_MIN_BYTES = 32
+_HEX_DIGITS = frozenset(string.hexdigits)
+_BASE64_CHARS = frozenset(string.ascii_letters + string.digits + "+/-_=")
+
+
+def jwt_secret_weakness(secret: str) -> str | None:
+    """Why the secret is too weak to sign production tokens, or None. A hex string must
+    hold 32 bytes (64 digits), a base64 one 32 bytes (43 characters); and whatever its
+    alphabet, the secret's characters must not repeat like a pattern: their empirical
+    entropy (Shannon, per character, times the length) must reach JWT_SECRET_MIN_BITS.
+    "a" * 64 and "abab..." fail; `secrets.token_urlsafe(32)` has about 200 bits."""
+    if set(secret) <= _HEX_DIGITS:
+        if len(secret) < 2 * JWT_SECRET_MIN_BYTES:
+            return f"a hex secret needs {2 * JWT_SECRET_MIN_BYTES} digits ({JWT_SECRET_MIN_BYTES} bytes)"
+    elif set(secret) <= _BASE64_CHARS:
+        if len(secret.rstrip("=")) < math.ceil(JWT_SECRET_MIN_BYTES * 4 / 3):
+            return f"a base64 secret needs {JWT_SECRET_MIN_BYTES} bytes (43 characters)"
+    counts = Counter(secret)
+    bits_per_char = -sum(n / len(secret) * math.log2(n / len(secret)) for n in counts.values())
+    if bits_per_char * len(secret) < JWT_SECRET_MIN_BITS:
+        return f"its characters repeat too much (under {JWT_SECRET_MIN_BITS} bits by their frequencies)"
+    return None
+
+
+def refuse_fake_binance_in_production(exchange_env: str) -> None:
+    """The one place that decides whether the Binance stand-in may run, however it is
+    asked for (`--fake-binance`, FAKE_BINANCE, `exchange fake-binance`): never in
+    production, where its made-up prices would fill real trades."""
+    if exchange_env == "production":
+        raise SystemExit(
+            "the Binance stand-in serves made-up prices: it is refused when EXCHANGE_ENV=production "
+            "(FAKE_BINANCE, --fake-binance, exchange fake-binance)"
+        )
 
 
 def settings_from_env(environ: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -114,15 +178,26 @@ def settings_from_env(environ: dict[str, str] | None = None, **overrides: object
     if settings.ws_queue_size < settings.ws_max_symbols:
         # One publication of the feed can bring a message for every symbol at once.
         raise SystemExit("invalid configuration: WS_QUEUE_SIZE is below WS_MAX_SYMBOLS")
+    if settings.limit_concurrency <= settings.ws_max_connections:
+        raise SystemExit("invalid configuration: LIMIT_CONCURRENCY must be above WS_MAX_CONNECTIONS")
     if 0 < settings.price_poll_ms < 50:
         raise SystemExit("invalid configuration: PRICE_POLL_MS must be 0 (off) or at least 50")
-    if settings.fake_binance and settings.exchange_env == "production":
-        raise SystemExit("FAKE_BINANCE serves made-up prices: it is refused when EXCHANGE_ENV=production")
+    try:
+        trusted_networks(settings.forwarded_allow_ips)
+    except ValueError as exc:
+        raise SystemExit(f"invalid configuration: FORWARDED_ALLOW_IPS: {exc}") from None
+    if settings.fake_binance:
+        refuse_fake_binance_in_production(settings.exchange_env)
     if settings.jwt_secret == DEV_JWT_SECRET:
         if settings.exchange_env == "production":
             raise SystemExit("JWT_SECRET must be set in production (EXCHANGE_ENV=production)")
         log.warning(
             "JWT_SECRET is not set: using the development default. Anyone can forge "
             "tokens for this server. Set JWT_SECRET (32+ characters) before exposing it."
+        )
+    elif settings.exchange_env == "production" and (weakness := jwt_secret_weakness(settings.jwt_secret)):
+        raise SystemExit(
+            f"JWT_SECRET is too weak for production: {weakness}. Make one with "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'` or `openssl rand -hex 32`"
         )
     return settings

@@ -2,7 +2,8 @@
 
 The per-request check (`check`) is two set lookups in this process: no database query
 and no Redis round trip on the hot path. Each worker keeps
-- the ids of disabled users (from PostgreSQL `users.disabled`), and
+- the ids of disabled and deleted users (from PostgreSQL `users.disabled` and
+  `users_deleted`, which a trigger fills when a DBA deletes a user), and
 - the `jti` of revoked tokens until they expire (from the Redis sorted set
   `{prefix}auth:revoked`, scored by the token's `exp`).
 
@@ -76,7 +77,7 @@ class Denylist:
     def check(self, user: AuthUser) -> None:
         """401 unauthorized if the token's user is disabled or the token revoked."""
         if user.id in self.disabled_ids:
-            raise unauthorized("this account is disabled")
+            raise unauthorized("this account is disabled or deleted")
         if user.jti in self.revoked:
             raise unauthorized("the access token has been revoked")
 

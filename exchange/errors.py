@@ -67,6 +67,7 @@ SQLSTATE_ERRORS: dict[str, tuple[str, int]] = {
     "EX011": ("below_min_notional", 422),
     "EX012": ("price_moved", 409),
     "EX013": ("price_unavailable", 503),
+    "EX014": ("last_admin", 409),
 }
 
 # Unique constraints whose violation is the client's doing -> (code, status, message).
@@ -121,20 +122,22 @@ BROKEN_CONNECTION_ERRORS = (asyncpg.InterfaceError, asyncpg.exceptions.InternalC
 ERROR_DESCRIPTIONS: dict[int, str] = {
     400: "`validation_error`: malformed body, wrong types, unknown or missing fields, a parameter out of "
     "its bounds; `details` names them. `too_many_symbols`: a symbol list over WS_MAX_SYMBOLS",
-    401: "`unauthorized` (no, expired, invalid or revoked token, or a disabled user) or "
+    401: "`unauthorized` (no, expired, invalid or revoked token, or a disabled or deleted user) or "
     "`invalid_credentials` (login)",
     403: "`forbidden` (admins only) or `user_disabled`",
     404: "`not_found` (also another user's resource), `unknown_asset` or `unknown_symbol`",
     409: "`email_taken`, `insufficient_funds`, `price_moved` (the price crossed `max_price` / "
-    "`min_price`), `market_inactive` or `cannot_disable_self`",
+    "`min_price`), `market_inactive`, `cannot_disable_self`, `last_admin` (the last active admin "
+    "cannot be disabled) or `conflict` (another rule of the data)",
     413: "`payload_too_large`: the body is above MAX_BODY_BYTES",
     415: "`unsupported_media_type`: the body is not sent with the Content-Type this route reads",
     422: "`invalid_amount`, `too_many_decimals`, `idempotency_key_reused`, `password_too_short`, "
     "`password_too_long`, `email_invalid_characters`, `email_domain_not_ascii`, `exactly_one_quantity`, "
     "`quantity_off_step`, `quantity_out_of_range`, `below_min_notional`, `invalid_price_guard`; "
     "`details` names the field and the limit",
-    429: "`rate_limited`: too many attempts from this IP or for this email; retry after "
-    "`Retry-After` seconds (also in `details.retry_after`)",
+    429: "`rate_limited`: too many attempts from this IP or for this email, or more money "
+    "movements than the user's quota (MOVEMENT_RATE_PER_USER); retry after `Retry-After` seconds "
+    "(also in `details.retry_after`)",
     503: "`service_unavailable` (PostgreSQL or Redis unreachable) or `price_unavailable` (Binance "
     "not answering and no recent price; for a trade, none younger than TRADE_PRICE_MAX_AGE_MS); "
     "retry after `Retry-After`",
@@ -224,6 +227,20 @@ def from_postgres_error(_: Request, exc: asyncpg.PostgresError) -> Response[Erro
         if sqlstate.startswith("40"):
             log.warning("transaction rolled back by PostgreSQL (SQLSTATE %s); answered 503", sqlstate)
         return unavailable()
+    if sqlstate == "23503" and (constraint or "").endswith("user_id_fkey"):
+        # A row for a user who no longer exists (deleted by a DBA): their token is
+        # refused everywhere once the workers reload (users_deleted), and at once here.
+        return error_response(
+            "unauthorized",
+            "the access token's user no longer exists",
+            401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if sqlstate.startswith("23"):
+        # Any other integrity constraint (class 23): the data's rules refused the request,
+        # nothing was written. The constraint's name says which, in the log only.
+        log.warning("integrity constraint %s refused a request (SQLSTATE %s)", constraint, sqlstate)
+        return error_response("conflict", "the request conflicts with the data's rules", 409)
     if sqlstate.startswith("22"):
         # Data exception: a value the database cannot take (out of range, NUL byte...).
         # Bad input, not a server fault; the value itself is not echoed or logged.

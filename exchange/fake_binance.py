@@ -15,7 +15,10 @@ headers (`X-MBX-USED-WEIGHT`, `X-MBX-USED-WEIGHT-1M`).
 Prices follow a seeded random walk around realistic levels that moves one step per
 ticker request: the same seed and the same requests give the same prices.
 
-Control endpoints (not Binance's; for fault tests and demos):
+Control endpoints (not Binance's; for fault tests and demos), served only when the
+stand-in is made with control=True (`exchange fake-binance`, the tests): unauthenticated,
+they let anyone who reaches the port set prices, so the stand-in `exchange serve
+--fake-binance` starts inside the server has none:
 
     GET    /_fake/stats     {"requests": n, "by_path": {...}, "step": n, "faults": {...}}
     POST   /_fake/faults    {"mode": "error"|"rate_limit"|"ban"|"slow"|"malformed",
@@ -368,13 +371,12 @@ def _validation_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response
     return Response({"code": -1102, "msg": str(exc.detail)}, status_code=exc.status_code)
 
 
-def create_fake_binance(seed: int = 1) -> Litestar:
-    """The stand-in as an ASGI app; each app has its own walk, faults and counters."""
+def create_fake_binance(seed: int = 1, *, control: bool) -> Litestar:
+    """The stand-in as an ASGI app; each app has its own walk, faults and counters.
+    control=True adds the /_fake/ endpoints (tests and demos only)."""
+    controls = (stats, set_faults, clear_faults, set_prices, reset) if control else ()
     return Litestar(
-        route_handlers=[
-            *(ping, server_time, ticker_price, exchange_info),
-            *(stats, set_faults, clear_faults, set_prices, reset),
-        ],
+        route_handlers=[*(ping, server_time, ticker_price, exchange_info), *controls],
         state=State({"fake": FakeBinance(seed)}),
         exception_handlers={
             BinanceError: _binance_error,
@@ -391,7 +393,8 @@ def serve_in_thread(seed: int = 1, host: str = "127.0.0.1", port: int = 0) -> st
     """Serve the stand-in from a daemon thread with its own event loop; return its URL.
 
     `exchange serve --fake-binance` uses this so the whole product runs offline in one
-    command: the API workers reach it over HTTP like the real Binance.
+    command: the API workers reach it over HTTP like the real Binance. Without control
+    endpoints: no local process can set the prices it trades at.
     """
     import threading
 
@@ -409,9 +412,8 @@ def serve_in_thread(seed: int = 1, host: str = "127.0.0.1", port: int = 0) -> st
     # log_config and log_level None: uvicorn leaves the process's logging as it is (its
     # own dictConfig would close the server's log handler, and later lines, such as the
     # one giving this stand-in's URL, would never be written).
-    config = uvicorn.Config(
-        create_fake_binance(seed), log_config=None, log_level=None, access_log=False, lifespan="off"
-    )
+    app = create_fake_binance(seed, control=False)
+    config = uvicorn.Config(app, log_config=None, log_level=None, access_log=False, lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(
         target=lambda: asyncio.run(server.serve(sockets=[sock])), name="fake-binance", daemon=True

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import logging.config
 import os
+import re
 import select
 import signal
 import threading
@@ -154,17 +155,49 @@ class JsonFormatter(logging.Formatter):
         return f"{self._second_text}.{int((created - second) * 1000):03d}Z"
 
 
+# Characters that would break a text line (a forged line after a decoded %0a) or hide
+# what follows it: C0 and C1 controls, and Unicode's line and paragraph separators.
+_UNSAFE_IN_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    """`text` with each character that could break or hide part of a line as an escape
+    (`\n`, `\x1b`, `\u2028`): one record stays one line."""
+    if text.isprintable():
+        return text
+    return _UNSAFE_IN_LINE.sub(lambda match: match.group().encode("unicode_escape").decode(), text)
+
+
+def _field_text(value: object) -> str:
+    """A field's value as it goes after `name=`: quoted when it holds a space or a quote,
+    so a client's value cannot pose as further fields (`path=/x status=200`)."""
+    text = escape_controls(str(value))
+    if " " in text or '"' in text or not text:
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
+
+
 class TextFormatter(logging.Formatter):
-    """`2026-11-24 23:10:00,123 INFO exchange.access: request method=GET path=/health ...`"""
+    """`2026-11-24 23:10:00,123 INFO exchange.access: request method=GET path=/health ...`
+
+    The message and every field are escaped (escape_controls): the JSON format escapes
+    them by construction, and the text one must not let a client's value (a path with a
+    decoded %0a) write a line of its own. A traceback keeps its own lines."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         fields = getattr(record, "fields", None)
         if fields:
-            text += "".join(f" {name}={value}" for name, value in fields.items() if value is not None)
+            text += "".join(
+                f" {name}={_field_text(value)}" for name, value in fields.items() if value is not None
+            )
         request_id = REQUEST_ID.get()
         if request_id is not None and not (fields and "request_id" in fields):
             text += f" request_id={request_id}"

@@ -191,13 +191,22 @@ def render(prices: GaugeMetricFamily) -> bytes:
     "/metrics",
     tags=["operations"],
     summary="Prometheus metrics of every worker of this server",
-    description="The Prometheus text format. Open unless METRICS_TOKEN is set; then send "
-    "`Authorization: Bearer <METRICS_TOKEN>`.",
+    description="The Prometheus text format. With METRICS_TOKEN set, send "
+    "`Authorization: Bearer <METRICS_TOKEN>`. Without it: open in development, closed (401) "
+    "with EXCHANGE_ENV=production: it shows business volume and failed logins.",
     media_type=CONTENT_TYPE,
     responses=documented(401),
 )
 async def metrics_endpoint(request: Request[Any, Any, State], state: State) -> Response[bytes]:
-    token = state.settings.metrics_token
+    settings = state.settings
+    token = settings.metrics_token
+    if not token and settings.exchange_env == "production":
+        raise ExchangeError(
+            "unauthorized",
+            "/metrics is closed in production until METRICS_TOKEN is set",
+            401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     given = request.headers.get("authorization", "").encode("latin-1")
     if token and not hmac.compare_digest(given, f"Bearer {token}".encode()):
         raise ExchangeError(

@@ -8,7 +8,7 @@ that match no route (404, 405) are logged and counted too. Per request it:
   echoes it in the response's `X-Request-ID` and sets it for every log record written
   while the request is served (exchange/logs.py);
 - writes one line on the logger `exchange.access` (INFO): request_id, method, path
-  (never the query string), route (the template), status, duration_ms, user_id when
+  (never the query string; cut to PATH_LOG_MAX_CHARS), route (the template), status, duration_ms, user_id when
   authenticated, client_ip, and for an error the body's `error.code`. Never a body,
   a header value other than the request id, a password or a token;
 - counts it in the metrics (exchange/metrics.py), and, for a money movement (its
@@ -38,6 +38,9 @@ from exchange.logs import REQUEST_ID
 access_log = logging.getLogger("exchange.access")
 
 REQUEST_ID_HEADER = b"x-request-id"
+# A client's path and method are logged at most this long (a cut path ends with "...").
+PATH_LOG_MAX_CHARS = 256
+METHOD_LOG_MAX_CHARS = 16
 _SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:+/=-]{1,128}")
 
 
@@ -58,6 +61,11 @@ def error_code(body: bytes) -> str | None:
         return _decode_error(body).error.code
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
+
+
+def loggable_path(path: str) -> str:
+    """The path as logged: at most PATH_LOG_MAX_CHARS (escaped by the text format)."""
+    return path if len(path) <= PATH_LOG_MAX_CHARS else path[:PATH_LOG_MAX_CHARS] + "..."
 
 
 def observe(app: Litestar) -> Litestar:
@@ -130,8 +138,8 @@ class RequestObserver:
             if access_log.isEnabledFor(logging.INFO):
                 fields: dict[str, Any] = {
                     "request_id": request_id,
-                    "method": method,
-                    "path": path,
+                    "method": method[:METHOD_LOG_MAX_CHARS],
+                    "path": loggable_path(path),
                     "route": metrics.route_name(path_template),
                     "status": status,
                     "duration_ms": round(seconds * 1000, 3),
@@ -169,7 +177,7 @@ class RequestObserver:
                 fields = {
                     "request_id": request_id,
                     "method": "GET",
-                    "path": path,
+                    "path": loggable_path(path),
                     "route": metrics.route_name(scope.get("path_template")),
                     "status": status or 500,
                     "duration_ms": round((time.perf_counter() - started) * 1000, 3),

@@ -94,7 +94,13 @@ async def transactions_for_user(
     asset: str | None,
     limit: int,
 ) -> list[Transaction]:
-    rows = await pool.fetch(Q.transactions_for_user, user_id, before, kind, asset, limit)
+    # One statement per filter set, each served by its own index (plans stay simple).
+    if asset is not None:
+        rows = await pool.fetch(Q.transactions_for_user_by_asset, user_id, before, kind, asset, limit)
+    elif kind is not None:
+        rows = await pool.fetch(Q.transactions_for_user_by_kind, user_id, before, kind, limit)
+    else:
+        rows = await pool.fetch(Q.transactions_for_user, user_id, before, limit)
     return [Transaction(**row) for row in rows]
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
+from exchange.http_limits import HttpLimits, uvicorn_options
 from exchange.logs import logging_config, write_logs_before_dying_of
 from exchange.sockets import bound_socket
 
@@ -60,9 +61,18 @@ def default_workers(pool_max_size: int) -> int:
     return max(1, min(usable_cores(), DEFAULT_CONNECTIONS_BUDGET // pool_max_size))
 
 
-def run_uvicorn(factory: str, host: str, port: int, workers: int, log_level: str, log_format: str) -> None:
+def run_uvicorn(
+    factory: str,
+    host: str,
+    port: int,
+    workers: int,
+    log_level: str,
+    log_format: str,
+    http_limits: HttpLimits | None = None,
+) -> None:
     """`exchange bench --ceiling` serves its bare endpoint through this too, so the two
     are served alike."""
+    http_limits = http_limits or HttpLimits()
     options: dict[str, Any] = {
         "factory": True,
         "host": host,
@@ -74,17 +84,34 @@ def run_uvicorn(factory: str, host: str, port: int, workers: int, log_level: str
         "log_config": logging_config(log_level, log_format),
         # exchange.access logs every request instead (exchange/observability.py).
         "access_log": False,
+        # Header bounds, limit_concurrency, no proxy headers: added in the process that
+        # serves (uvicorn_options), as its protocol class is made there.
+        "http_limits": http_limits,
     }
-    if workers == 1 or not hasattr(socket, "SO_REUSEPORT"):
+    if workers == 1:
         write_logs_before_dying_of(signal.SIGTERM)
-        uvicorn.run(factory, workers=workers, **options)
+        uvicorn.run(factory, **_with_limits(options))
+        return
+    if not hasattr(socket, "SO_REUSEPORT"):
+        # uvicorn's own workers get a pickled Config, which cannot carry the bounded
+        # protocol class: header bounds are then uvicorn's (none with httptools).
+        options.pop("http_limits")
+        log.warning("no SO_REUSEPORT: header size and header timeout bounds are not enforced")
+        write_logs_before_dying_of(signal.SIGTERM)
+        uvicorn.run(factory, workers=workers, proxy_headers=False, **options)
         return
     raise SystemExit(Supervisor(factory, options, workers).run())
 
 
+def _with_limits(options: dict[str, Any]) -> dict[str, Any]:
+    options = dict(options)
+    limits = options.pop("http_limits")
+    return {**options, **uvicorn_options(limits)}
+
+
 def serve_worker(factory: str, options: dict[str, Any]) -> None:
     """One worker process: uvicorn on a listening socket of its own."""
-    config = uvicorn.Config(factory, **options)  # sets up this process's logging
+    config = uvicorn.Config(factory, **_with_limits(options))  # sets up this process's logging
     write_logs_before_dying_of(signal.SIGTERM)
     sock = bound_socket(options["host"], options["port"], reuse_port=True)
     uvicorn.Server(config).run(sockets=[sock])  # listens; SIGINT/SIGTERM stop it gracefully

@@ -31,6 +31,7 @@ from exchange.app import create_app
 from exchange.config import Settings, settings_from_env
 from exchange.db import SCHEMA, migrate, scratch_database
 from exchange.fake_binance import create_fake_binance
+from exchange.http_limits import HttpLimits, uvicorn_options
 from exchange.schemas import Violation
 from exchange.sockets import listening_socket
 
@@ -119,10 +120,17 @@ def settings(database_url: str, service_urls: tuple[str, str], fake_binance: Fak
         bcrypt_rounds=4,
         db_pool_max_size=20,
         log_level="warning",
+        # Tests stand for a proxy on 127.0.0.1 that passes X-Forwarded-For.
+        forwarded_allow_ips="127.0.0.1",
         # The suite registers hundreds of users from 127.0.0.1; test_security.py runs
         # its own servers with low limits.
         login_limit_per_ip=0,
         login_limit_per_email=0,
+        login_limit_per_email_ip=0,
+        # Storms and property tests send hundreds of movements a second per user; the
+        # quota stays on (every movement goes through it), far above them.
+        movement_rate_per_user=100_000,
+        movement_burst_per_user=100_000,
         register_limit_per_ip=0,
         register_limit_per_email=0,
     )
@@ -139,7 +147,9 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 @asynccontextmanager
-async def serving(app: ASGIApp, send_buffer_bytes: int | None = None) -> AsyncIterator[str]:
+async def serving(
+    app: ASGIApp, send_buffer_bytes: int | None = None, http_limits: HttpLimits | None = None
+) -> AsyncIterator[str]:
     """An ASGI app under uvicorn on a free local port, in this event loop; yields its URL.
 
     send_buffer_bytes caps each connection's kernel send buffer (accepted sockets inherit
@@ -149,7 +159,9 @@ async def serving(app: ASGIApp, send_buffer_bytes: int | None = None) -> AsyncIt
     if send_buffer_bytes is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_bytes)
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
+    # As exchange/serving.py: header bounds, limit_concurrency, no proxy headers.
+    options = uvicorn_options(http_limits or HttpLimits())
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False, **options)  # type: ignore[arg-type]
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
@@ -197,7 +209,7 @@ class FakeBinanceControl:
 
 @asynccontextmanager
 async def fake_binance_server(seed: int = 1) -> AsyncIterator[FakeBinanceControl]:
-    async with serving(create_fake_binance(seed)) as url, httpx.AsyncClient(timeout=10) as http:
+    async with serving(create_fake_binance(seed, control=True)) as url, httpx.AsyncClient(timeout=10) as http:
         yield FakeBinanceControl(url, http)
 
 

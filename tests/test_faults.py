@@ -144,6 +144,8 @@ def server_env(database_url: str, redis_url: str, binance_url: str) -> dict[str,
         "PRICE_CACHE_TTL_MS": "60000",
         "PRICE_STALE_MAX_MS": "120000",
         "TRADE_PRICE_MAX_AGE_MS": "60000",
+        # A storm drives hundreds of movements a second into a few users.
+        "MOVEMENT_RATE_PER_USER": "0",
     }
 
 

@@ -50,8 +50,8 @@ def email() -> str:
 
 
 def from_ip(ip: str) -> dict[str, str]:
-    # uvicorn takes the client address from X-Forwarded-For when the peer is a trusted
-    # proxy (FORWARDED_ALLOW_IPS, 127.0.0.1 by default): how a proxy in front passes it.
+    # The app takes the client address from X-Forwarded-For when the peer is a trusted
+    # proxy (FORWARDED_ALLOW_IPS, 127.0.0.1 in the tests' settings): as a proxy passes it.
     return {"X-Forwarded-For": ip}
 
 
@@ -94,7 +94,7 @@ async def status_within(
         await asyncio.sleep(0.02)
 
 
-async def test_login_is_limited_per_email_whatever_the_ip(
+async def test_wrong_passwords_for_an_email_hold_the_ips_that_sent_them(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
     account = await register_and_login(client)
@@ -103,12 +103,14 @@ async def test_login_is_limited_per_email_whatever_the_ip(
         for n in range(3):
             wrong = await try_login(http, account.email, "wrong password", ip=f"10.1.0.{n}")
             assert code_of(wrong) == (401, "invalid_credentials")
-        # Over the limit, even the right password from a fresh IP, in any case of the email.
-        limited = await try_login(http, account.email.upper(), TEST_PASSWORD, ip="10.1.0.99")
+        # Over the email's limit, an IP that failed on it is held, in any case of the email.
+        limited = await try_login(http, account.email.upper(), "wrong again", ip="10.1.0.1")
         assert code_of(limited) == (429, "rate_limited")
         retry_after = int(limited.headers["retry-after"])
         assert 30 <= retry_after <= 60
         assert limited.json()["error"]["details"] == {"retry_after": retry_after}
+        # The owner, from an IP without failures, logs in.
+        assert (await try_login(http, account.email, TEST_PASSWORD, ip="10.1.0.99")).status_code == 200
         # Another email from the same IPs is not affected.
         other = await register_and_login(client)
         assert (await try_login(http, other.email, TEST_PASSWORD, ip="10.1.0.0")).status_code == 200
@@ -129,11 +131,17 @@ async def test_other_spellings_of_an_email_share_its_login_limit(
             wrong = await try_login(http, account.email, "wrong password", ip=f"10.4.0.{n}")
             assert code_of(wrong) == (401, "invalid_credentials")
         for spelling in spellings:
-            assert code_of(await try_login(http, spelling, "wrong password")) == (429, "rate_limited")
+            assert code_of(await try_login(http, spelling, "wrong password", ip="10.4.0.0")) == (
+                429,
+                "rate_limited",
+            )
         # "İ" case-folds to "i" and a combining dot: another address, which finds no
         # account (so its own counter guards nothing), even with the right password.
         dotted = account.email.replace("-iii@", "-\u0130ii@")
-        assert code_of(await try_login(http, dotted, TEST_PASSWORD)) == (401, "invalid_credentials")
+        assert code_of(await try_login(http, dotted, TEST_PASSWORD, ip="10.4.0.0")) == (
+            401,
+            "invalid_credentials",
+        )
 
 
 async def test_login_is_limited_per_ip_whatever_the_email(
@@ -153,7 +161,7 @@ async def test_login_is_limited_per_ip_whatever_the_email(
 
 async def test_a_limit_lifts_when_its_window_ends(client: httpx.AsyncClient, settings: Settings) -> None:
     account = await register_and_login(client)
-    limits = {"login_limit_per_email": 1, "login_window_seconds": 2}
+    limits = {"login_limit_per_ip": 1, "login_window_seconds": 2}
     async with own_server(settings, redis_prefix=private_prefix(settings), **limits) as (_, http):
         assert (await try_login(http, account.email, TEST_PASSWORD)).status_code == 200
         limited = await try_login(http, account.email, TEST_PASSWORD)
@@ -303,7 +311,7 @@ async def _last_known_sets_hold(
         "redis_url": redis.url,
         "auth_reload_ms": 200,
         "price_poll_ms": 0,
-        "login_limit_per_email": 2,
+        "login_limit_per_email_ip": 2,
     }
     async with own_server(settings, **overrides) as (_, http):
         # Litestar's logging config took caplog's handler off the root logger.
@@ -329,10 +337,14 @@ async def _last_known_sets_hold(
             await http.post(f"/api/v1/admin/users/{bob.id}/disable", headers=admin.headers)
         ).status_code == 200
         assert code_of(await me(http, bob.headers)) == (401, "unauthorized")
-        # Rate limits fail open: more logins than the limit of 2 all get through.
+        # Rate limits fail open: more wrong passwords than the limit of 2 all get checked.
         caplog.clear()
         for _ in range(3):
-            assert (await try_login(http, alice.email, TEST_PASSWORD)).status_code == 200
+            assert code_of(await try_login(http, alice.email, "wrong password")) == (
+                401,
+                "invalid_credentials",
+            )
+        assert (await try_login(http, alice.email, TEST_PASSWORD)).status_code == 200
         assert "rate limits not enforced" in caplog.text
         new = await http.post("/api/v1/auth/register", json={"email": email(), "password": TEST_PASSWORD})
         assert new.status_code == 201

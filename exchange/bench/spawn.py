@@ -109,6 +109,9 @@ async def spawn(
             # Every simulated user registers and logs in from this one address.
             REGISTER_LIMIT_PER_IP="0",
             LOGIN_LIMIT_PER_IP="0",
+            # The benchmark measures the ledger: the contention scenario drives hundreds
+            # of movements a second into a few users, far past a bot's quota.
+            MOVEMENT_RATE_PER_USER="0",
         )
         stand_in = [sys.executable, "-m", "exchange", "fake-binance", "--port", str(binance_port)]
         server = [

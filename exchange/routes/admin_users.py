@@ -2,7 +2,9 @@
 
 Disabling takes effect at once on every worker (exchange/denylist.py): the user's
 tokens answer 401 and logging in answers 403 user_disabled. An admin cannot disable
-their own account, so a deployment cannot lock out its last admin by a slip.
+their own account, and the last active admin cannot be disabled or demoted by anyone
+(checked in SQL under a lock, trigger users_keep_an_active_admin: two admins disabling
+each other at once cannot both succeed).
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ async def list_users(
     responses=documented(400, 401, 403, 404, 409, 503),
 )
 async def disable_user(user_id: UserId, request: Request[AuthUser, str, State], state: State) -> User:
-    """Idempotent. 409 `cannot_disable_self` for the caller's own account."""
+    """Idempotent. 409 `cannot_disable_self` for the caller's own account, 409
+    `last_admin` if no other active admin would remain."""
     if user_id == request.user.id:
         raise ExchangeError("cannot_disable_self", "an admin cannot disable their own account", 409)
     return await _set_disabled(state, user_id, True)

@@ -1,9 +1,8 @@
 """POST /api/v1/auth/register, /auth/token (OAuth2 password flow) and /auth/logout.
 
 Register and token are rate limited per client IP and per email (exchange/ratelimit.py)
-before any bcrypt work is spent. The client IP is the peer address as uvicorn gives it:
-behind a reverse proxy, uvicorn takes it from X-Forwarded-For when the proxy's address
-is in FORWARDED_ALLOW_IPS.
+before any bcrypt work is spent. The client IP is the peer address, or behind a proxy
+named in FORWARDED_ALLOW_IPS the one it vouches for (exchange/forwarded.py).
 """
 
 from __future__ import annotations
@@ -55,20 +54,27 @@ async def token(
     state: State,
 ) -> Response[Token]:
     """Form fields `username` (the email) and `password`; answers a bearer token.
-    403 `user_disabled` comes only after the right password. Rate limited per client IP
-    and per email, counting every attempt (429 `rate_limited`, `Retry-After`)."""
+    403 `user_disabled` comes only after the right password. Rate limited (429
+    `rate_limited`, `Retry-After`): every attempt per client IP; wrong passwords per
+    email from one IP, and per email from all IPs for the IPs that sent them (another
+    IP's wrong passwords never keep the account's owner out)."""
     # Found by its normal form, as stored (exchange/emails.py): full-width ADA@example.com is ada's.
     credentials = await repo.credentials_by_email(state.pool, normal_email(data.username))
     # Counted on the account's own email when there is one (one counter for every
     # spelling that finds it, even an account stored before emails were normalised).
     email = normal_email(data.username) if credentials is None else credentials.email
-    await state.rate_limiter.check("login", client_ip(request), email)
+    ip = client_ip(request)
+    limiter = state.rate_limiter
+    await limiter.check_login(ip, email)
     if credentials is None:
         # Spend the same bcrypt time as for a real user: timing tells nothing.
         await verify_password(data.password, state.dummy_password_hash)
+        await limiter.login_failed(ip, email)
         raise invalid_credentials()
     if not await verify_password(data.password, credentials.password_hash):
+        await limiter.login_failed(ip, email)
         raise invalid_credentials()
+    await limiter.login_succeeded(ip, email)
     if credentials.disabled:
         raise ExchangeError("user_disabled", "this account is disabled", 403)
     settings = state.settings

@@ -69,7 +69,7 @@ def published_price(latest: Mapping[str, Quote], symbol: str, fresh_ms: int) -> 
     description="Fills at once at the cached live price (at most `TRADE_PRICE_MAX_AGE_MS` "
     "old). The fee is taken from the asset received. Answers the trade and the balances "
     "of both wallets right after it.",
-    responses=documented(400, 401, 404, 409, 413, 415, 422, 503),
+    responses=documented(400, 401, 404, 409, 413, 415, 422, 429, 503),
 )
 async def place_order(
     data: JSONBody[OrderRequest],
@@ -81,6 +81,7 @@ async def place_order(
     guard = data.price_guard()
     quantity, quote_quantity = data.checked_quantities()
     symbol = data.symbol.upper()
+    await state.rate_limiter.take_movement(request.user.id)  # before any lock is waited for
     max_age_ms = state.settings.trade_price_max_age_ms
     # Read before taking the user's turn: on a cache miss this may wait for Binance, and
     # the user's other movements must not wait behind that.

@@ -76,7 +76,7 @@ async def get_wallet(asset: AssetCode, request: Request[AuthUser, str, State], s
     "/wallets/{asset:str}/deposit",
     tags=["wallets"],
     summary="Deposit into a wallet",
-    responses=documented(400, 401, 404, 413, 415, 422, 503),
+    responses=documented(400, 401, 404, 413, 415, 422, 429, 503),
 )
 async def deposit(
     asset: AssetCode,
@@ -93,7 +93,7 @@ async def deposit(
     "/wallets/{asset:str}/withdraw",
     tags=["wallets"],
     summary="Withdraw from a wallet",
-    responses=documented(400, 401, 404, 409, 413, 415, 422, 503),
+    responses=documented(400, 401, 404, 409, 413, 415, 422, 429, 503),
 )
 async def withdraw(
     asset: AssetCode,
@@ -115,6 +115,7 @@ async def _move(
     state: State,
 ) -> ExchangeResponse[Transaction]:
     code, amount = asset_code(asset), data.checked_amount()
+    await state.rate_limiter.take_movement(request.user.id)  # before any lock is waited for
     async with state.user_turns.turn(request.user.id):
         movement = Movement(kind, request.user.id, code, amount, idempotency_key)
         transaction, replayed = await state.movements.move(movement)

@@ -1,5 +1,9 @@
--- Ids of every disabled user, for the workers' in-memory check (exchange/denylist.py).
--- Served by users_disabled_idx (partial: disabled rows only).
+-- Ids of every user whose tokens must not work: disabled, or deleted since. For the
+-- workers' in-memory check (exchange/denylist.py). Served by users_disabled_idx
+-- (partial: disabled rows only) and a scan of users_deleted (deletions are rare).
 SELECT id
 FROM users
-WHERE disabled;
+WHERE disabled
+UNION ALL
+SELECT id
+FROM users_deleted;
