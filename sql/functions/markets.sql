@@ -14,12 +14,17 @@
 -- check_asset_scale reads the asset's entries (a full scan of entries: a rare change).
 -- Errors: check_violation (23514) with a message naming the market or asset.
 --
+-- Trigger functions set their own search_path: a DBA's change fires them from a session
+-- whose search_path may not name the schema.
+--
 -- Runs as it stands: psql -1 -f sql/functions/markets.sql.
 
 -- Every asset has its three house accounts, including an asset a DBA adds later.
 CREATE OR REPLACE FUNCTION create_house_accounts()
 RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = exchange
+AS $$
 BEGIN
     INSERT INTO accounts (asset, kind)
     SELECT NEW.code, k.kind
@@ -36,7 +41,9 @@ FOR EACH ROW EXECUTE FUNCTION create_house_accounts();
 -- would make "a multiple of the step" a quantity no wallet can hold.
 CREATE OR REPLACE FUNCTION check_market_scale()
 RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = exchange
+AS $$
 DECLARE
     v_scale  smallint;
 BEGIN
@@ -60,7 +67,9 @@ FOR EACH ROW EXECUTE FUNCTION check_market_scale();
 -- the asset. Reads the asset's entries (a full scan of entries: a DBA's rare change).
 CREATE OR REPLACE FUNCTION check_asset_scale()
 RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = exchange
+AS $$
 DECLARE
     v_symbol  text;
 BEGIN
@@ -123,7 +132,9 @@ $$;
 
 CREATE OR REPLACE FUNCTION markets_refresh_trade_market()
 RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = exchange
+AS $$
 BEGIN
     PERFORM refresh_trade_market(NEW.symbol);
     RETURN NULL;
@@ -138,7 +149,9 @@ FOR EACH ROW EXECUTE FUNCTION markets_refresh_trade_market();
 -- waited for its turn included.
 CREATE OR REPLACE FUNCTION asset_refresh_trade_markets()
 RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = exchange
+AS $$
 BEGIN
     PERFORM lock_trade_markets();
     PERFORM refresh_trade_market(m.symbol)

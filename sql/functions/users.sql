@@ -9,6 +9,9 @@
 -- an admin out run one at a time; only such changes take it.
 -- Errors: EX014 last_admin (409).
 --
+-- Trigger functions set their own search_path: a DBA's change fires them from a session
+-- whose search_path may not name the schema.
+--
 -- Runs as it stands: psql -1 -f sql/functions/users.sql.
 
 -- keep_an_active_admin(): a trigger on users. An update or delete that takes an active
@@ -17,8 +20,11 @@
 -- advisory lock), and the check runs after the wait with a fresh snapshot (READ
 -- COMMITTED, a volatile function), so two admins disabling each other at the same
 -- moment cannot both pass: the second sees the first.
-CREATE OR REPLACE FUNCTION keep_an_active_admin() RETURNS trigger
-LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION keep_an_active_admin()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = exchange
+AS $$
 BEGIN
     IF OLD.role = 'admin' AND NOT OLD.disabled
        AND (TG_OP = 'DELETE' OR NEW.role <> 'admin' OR NEW.disabled) THEN
@@ -46,8 +52,11 @@ CREATE OR REPLACE TRIGGER users_keep_an_active_admin
     FOR EACH ROW EXECUTE FUNCTION keep_an_active_admin();
 
 -- record_deleted_user(): a trigger on users; a deleted user's id goes to users_deleted.
-CREATE OR REPLACE FUNCTION record_deleted_user() RETURNS trigger
-LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION record_deleted_user()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = exchange
+AS $$
 BEGIN
     INSERT INTO users_deleted (id) VALUES (OLD.id) ON CONFLICT DO NOTHING;
     RETURN OLD;
