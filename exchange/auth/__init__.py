@@ -1,0 +1,1 @@
+"""Who is calling: passwords and tokens, revocations, rate limits, emails."""

@@ -1,0 +1,1 @@
+"""Money movements on their way to PostgreSQL: batches, per-user turns."""

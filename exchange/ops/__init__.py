@@ -1,0 +1,1 @@
+"""Below everything: logs, metrics, serving (supervisor, sockets, HTTP limits), Redis loops."""

@@ -1,0 +1,1 @@
+"""PostgreSQL: the pool, migrations and function files, the query loader, the repository."""
