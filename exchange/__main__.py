@@ -9,21 +9,21 @@ import logging
 import os
 import sys
 
-from exchange import repo
+from exchange.auth.emails import checked_email, email_report, normal_email
+from exchange.auth.security import check_password_rules, hash_password
 from exchange.bench.run import add_arguments as add_bench_arguments
 from exchange.bench.run import bench_command
 from exchange.config import Settings, refuse_fake_binance_in_production, settings_from_env
-from exchange.db import connect, migrate, migrate_report
-from exchange.emails import checked_email, email_report, normal_email
-from exchange.errors import ExchangeError
-from exchange.fake_binance import create_fake_binance, serve_in_thread
-from exchange.http_limits import http_limits_from
-from exchange.logs import configure_logging, log_format_from_env
-from exchange.metrics_dir import metrics_directory
-from exchange.security import check_password_rules, hash_password
-from exchange.serving import default_workers, run_uvicorn
-from exchange.sockets import listening_socket
-from exchange.sql_functions import FunctionDrift, drift_report, function_plan, read_function_files
+from exchange.http.errors import ExchangeError
+from exchange.ops.http_limits import http_limits_from
+from exchange.ops.logs import configure_logging, log_format_from_env
+from exchange.ops.metrics_dir import metrics_directory
+from exchange.ops.serving import default_workers, run_uvicorn
+from exchange.ops.sockets import listening_socket
+from exchange.prices.fake_binance import create_fake_binance, serve_in_thread
+from exchange.store import repository as repo
+from exchange.store.db import connect, migrate, migrate_report
+from exchange.store.function_files import FunctionDrift, drift_report, function_plan, read_function_files
 
 # Connections left to psql, migrations and PostgreSQL's reserved superuser slots.
 SPARE_CONNECTIONS = 10
@@ -270,7 +270,7 @@ async def audit_command(settings: Settings) -> int:
 
 
 async def check_emails_command(settings: Settings, normalize: bool) -> int:
-    """Accounts made before emails were normalised (exchange/emails.py). Nothing is merged
+    """Accounts made before emails were normalised (exchange/auth/emails.py). Nothing is merged
     or changed: that is for an admin (README, *Security*, "Emails")."""
     conn = await connect(settings.database_url)
     try:

@@ -17,32 +17,33 @@ from litestar.openapi.spec import Components, OAuthFlow, OAuthFlows, SecuritySch
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from exchange import __version__, repo
-from exchange.api_docs import SwaggerPage
-from exchange.bodies import ExchangeRequest
+from exchange import __version__
+from exchange.auth.denylist import Denylist
+from exchange.auth.ratelimit import RateLimiter, limits_from, login_limits_from, movement_quota_from
+from exchange.auth.security import BearerAuthMiddleware, VerifiedTokens, hash_password
 from exchange.config import Settings, settings_from_env
-from exchange.db import create_pool
-from exchange.denylist import Denylist
-from exchange.errors import exception_handlers
-from exchange.forwarded import ForwardedClient, trusted_networks
-from exchange.logs import configure_logging, skip_unused_record_fields
-from exchange.metrics import metrics_endpoint, worker_stopped
+from exchange.http.api_docs import SwaggerPage
+from exchange.http.bodies import ExchangeRequest
+from exchange.http.errors import exception_handlers
+from exchange.http.forwarded import ForwardedClient, trusted_networks
+from exchange.http.middleware import observe
+from exchange.http.openapi import schema_plugins
+from exchange.http.responses import ExchangeResponse
+from exchange.http.routes import auth, health, orders, prices, transactions, users, wallets
+from exchange.http.routes.admin import admin_router
+from exchange.http.security_headers import SecurityHeaders
+from exchange.ledger.batches import MovementBatches
+from exchange.ledger.turns import UserTurns
 from exchange.money import Money
-from exchange.movement_batches import MovementBatches
-from exchange.observability import observe
-from exchange.openapi import schema_plugins
+from exchange.ops.logs import configure_logging, skip_unused_record_fields
+from exchange.ops.metrics import metrics_endpoint, worker_stopped
 from exchange.prices.binance import BinanceClient, create_http_client
 from exchange.prices.cache import PriceCache
 from exchange.prices.feed import PriceFeed
 from exchange.prices.stream import PriceStream
-from exchange.ratelimit import RateLimiter, limits_from, login_limits_from, movement_quota_from
-from exchange.responses import ExchangeResponse
-from exchange.routes import auth, health, orders, prices, transactions, users, wallets
-from exchange.routes.admin import admin_router
 from exchange.schemas import DecimalText, decimal_text
-from exchange.security import BearerAuthMiddleware, VerifiedTokens, hash_password
-from exchange.security_headers import SecurityHeaders
-from exchange.user_turns import UserTurns
+from exchange.store import repository as repo
+from exchange.store.db import create_pool
 
 API_PREFIX = "/api/v1"
 REDIS_TIMEOUT_SECONDS = 2.0
@@ -198,7 +199,7 @@ def _openapi_config() -> OpenAPIConfig:
         version=__version__,
         description="A self-hostable crypto exchange backend on a double-entry ledger.",
         path="/schema",
-        # Served whole from the package (exchange/api_docs): the page works offline.
+        # Served whole from the package (exchange/http/api_docs): the page works offline.
         render_plugins=[SwaggerPage()],
         components=Components(security_schemes={"OAuth2PasswordBearer": oauth2}),
     )

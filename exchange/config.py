@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from exchange.forwarded import trusted_networks
+from exchange.http.forwarded import trusted_networks
 
 log = logging.getLogger("exchange.config")
 
@@ -31,7 +31,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # is rolled back whole and answers 503 service_unavailable (safe to retry).
     db_statement_timeout_ms: Annotated[int, msgspec.Meta(ge=100, le=600_000)] = 10_000
     db_lock_timeout_ms: Annotated[int, msgspec.Meta(ge=10, le=600_000)] = 5_000
-    # Money movements go to PostgreSQL in batches (exchange/movement_batches.py): at
+    # Money movements go to PostgreSQL in batches (exchange/ledger/batches.py): at
     # most this many calls at once per worker (each holds a pooled connection), each
     # carrying up to MOVEMENT_BATCH_MAX movements. MOVEMENT_BATCH_MAX=1: one per call.
     movement_batch_lanes: Annotated[int, msgspec.Meta(ge=1, le=100)] = 2
@@ -74,7 +74,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # bcrypt cost; tests lower it to keep the suite fast.
     bcrypt_rounds: Annotated[int, msgspec.Meta(ge=4, le=16)] = 12
     # In each fixed window, counted in Redis for the whole deployment
-    # (exchange/ratelimit.py; 0 turns a limit off): login attempts per client IP; wrong
+    # (exchange/auth/ratelimit.py; 0 turns a limit off): login attempts per client IP; wrong
     # passwords per email from one IP; wrong passwords per email from all IPs, past
     # which only IPs without a failure on that email may try it.
     login_limit_per_ip: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 100
@@ -102,7 +102,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Request bodies above this many bytes are refused with 413.
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=10_000_000)] = 65_536
     # The request line and headers together, and how many header fields; past either,
-    # 431 and the connection closed (exchange/http_limits.py).
+    # 431 and the connection closed (exchange/ops/http_limits.py).
     max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1_048_576)] = 16_384
     max_headers: Annotated[int, msgspec.Meta(ge=10, le=1_000)] = 100
     # From a connection's start (or a request's first byte) to the end of its headers;
@@ -112,7 +112,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # it new requests answer 503. Above WS_MAX_CONNECTIONS: WebSocket clients count.
     limit_concurrency: Annotated[int, msgspec.Meta(ge=10, le=1_000_000)] = 2_048
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    # json: one JSON object per line (exchange/logs.py); text: for reading in a terminal.
+    # json: one JSON object per line (exchange/ops/logs.py); text: for reading in a terminal.
     log_format: Literal["json", "text"] = "json"
     # If set, GET /metrics asks for `Authorization: Bearer <METRICS_TOKEN>`.
     metrics_token: Annotated[str, msgspec.Meta(max_length=256)] = ""

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from exchange.errors import ErrorDetail, ExchangeError
+from exchange.http.errors import ErrorDetail, ExchangeError
 
 # Patterns are checked by msgspec (Python's re) and published in the OpenAPI document
 # (ECMA-262 regex), so they use only what both read alike: explicit ranges, not `\s`
@@ -44,7 +44,7 @@ _DECIMAL = re.compile(DECIMAL_PATTERN)
 
 class DecimalText(Decimal):
     """An amount in a request: a string matching DECIMAL_PATTERN ("100.50") or a JSON
-    number, read exactly (exchange/bodies.py). msgspec alone would take " 1_0" or Arabic-Indic digits
+    number, read exactly (exchange/http/bodies.py). msgspec alone would take " 1_0" or Arabic-Indic digits
     too; this type makes the server accept exactly what the OpenAPI schema says."""
 
     __slots__ = ()

@@ -5,7 +5,7 @@ answer and a Docker engine is present, testcontainers starts PostgreSQL and Redi
 Each run creates its own database (dropped at the end) and its own Redis key prefix.
 The app is served by uvicorn on a free port inside the test's event loop, and the tests
 talk to it over real HTTP with httpx. Prices come from the local Binance stand-in
-(exchange/fake_binance.py), served the same way and reached by the app's own httpx client.
+(exchange/prices/fake_binance.py), served the same way and reached by the app's own httpx client.
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ import redis.asyncio as aioredis
 import uvicorn
 from litestar.types import ASGIApp
 
-from exchange import repo
 from exchange.app import create_app
 from exchange.config import Settings, settings_from_env
-from exchange.db import SCHEMA, migrate, scratch_database
-from exchange.fake_binance import create_fake_binance
-from exchange.http_limits import HttpLimits, uvicorn_options
+from exchange.ops.http_limits import HttpLimits, uvicorn_options
+from exchange.ops.sockets import listening_socket
+from exchange.prices.fake_binance import create_fake_binance
 from exchange.schemas import Violation
-from exchange.sockets import listening_socket
+from exchange.store import repository as repo
+from exchange.store.db import SCHEMA, migrate, scratch_database
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -159,7 +159,7 @@ async def serving(
     if send_buffer_bytes is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_bytes)
     port = sock.getsockname()[1]
-    # As exchange/serving.py: header bounds, limit_concurrency, no proxy headers.
+    # As exchange/ops/serving.py: header bounds, limit_concurrency, no proxy headers.
     options = uvicorn_options(http_limits or HttpLimits())
     config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False, **options)  # type: ignore[arg-type]
     server = uvicorn.Server(config)
@@ -182,7 +182,7 @@ def running_server(settings: Settings) -> AbstractAsyncContextManager[str]:
 
 
 class FakeBinanceControl:
-    """The local Binance stand-in (exchange/fake_binance.py) and its control endpoints."""
+    """The local Binance stand-in (exchange/prices/fake_binance.py) and its control endpoints."""
 
     def __init__(self, url: str, http: httpx.AsyncClient) -> None:
         self.url = url

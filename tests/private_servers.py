@@ -23,7 +23,7 @@ from pathlib import Path
 import asyncpg
 import redis.asyncio as aioredis
 
-from exchange.sockets import free_port
+from exchange.ops.sockets import free_port
 
 START_TIMEOUT_SECONDS = 30.0
 

@@ -10,8 +10,8 @@ from decimal import Decimal
 import asyncpg
 from conftest import fresh_database
 
-from exchange import repo
-from exchange.db import SCHEMA
+from exchange.store import repository as repo
+from exchange.store.db import SCHEMA
 
 
 def _audit_command(database_url: str) -> subprocess.CompletedProcess[str]:

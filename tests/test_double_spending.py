@@ -109,7 +109,7 @@ async def test_a_wallet_locked_too_long_answers_503_and_the_retry_succeeds(
 async def test_one_user_flooding_their_wallet_does_not_starve_other_users(
     settings: Settings, db: asyncpg.Pool
 ) -> None:
-    """A user's requests queue in the worker (exchange/user_turns.py), not on pooled
+    """A user's requests queue in the worker (exchange/ledger/turns.py), not on pooled
     connections: with the user's wallet locked and ten of their deposits waiting, a
     worker of three connections still serves another user at once."""
     small = msgspec.structs.replace(

@@ -1,5 +1,5 @@
 """Emails: one normal form per account (NFKC, case-folded), lookalikes refused, and
-`exchange check-emails` for accounts made before (exchange/emails.py)."""
+`exchange check-emails` for accounts made before (exchange/auth/emails.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import httpx
 import pytest
 from conftest import TEST_PASSWORD, fresh_database, register_and_login
 
-from exchange.db import connect
+from exchange.store.db import connect
 
 
 def address() -> tuple[str, str]:

@@ -45,11 +45,11 @@ from private_servers import PrivatePostgres, private_postgres, private_redis
 from test_trading import error_of, exchange_server, wallet_deltas
 from websockets.asyncio.client import ClientConnection, connect
 
-from exchange import repo
 from exchange.app import create_app
 from exchange.config import Settings
-from exchange.db import SCHEMA
-from exchange.sockets import free_port
+from exchange.ops.sockets import free_port
+from exchange.store import repository as repo
+from exchange.store.db import SCHEMA
 
 # A request that takes longer than this has hung: the test fails.
 REQUEST_TIMEOUT_SECONDS = 15.0

@@ -28,12 +28,12 @@ from test_security import code_of, make_admin, own_server, private_prefix, try_l
 
 from exchange.app import create_app
 from exchange.config import Settings, jwt_secret_weakness, settings_from_env
-from exchange.db import SCHEMA
-from exchange.errors import from_postgres_error
-from exchange.fake_binance import serve_in_thread
-from exchange.http_limits import HttpLimits
-from exchange.logs import TextFormatter
-from exchange.queries import Q
+from exchange.http.errors import from_postgres_error
+from exchange.ops.http_limits import HttpLimits
+from exchange.ops.logs import TextFormatter
+from exchange.prices.fake_binance import serve_in_thread
+from exchange.store.db import SCHEMA
+from exchange.store.queries import Q
 
 STRONG_SECRET = secrets.token_urlsafe(32)
 # The login limits as shipped (README, Configuration).

@@ -10,8 +10,8 @@ import asyncpg
 import httpx
 from conftest import Account, audit, balance, fresh_database, key, move
 
-from exchange import repo
-from exchange.db import connect
+from exchange.store import repository as repo
+from exchange.store.db import connect
 
 
 async def _transactions_with_key(db: asyncpg.Pool, account: Account, idempotency_key: str) -> int:

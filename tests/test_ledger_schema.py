@@ -14,8 +14,8 @@ import asyncpg
 import pytest
 from conftest import fresh_database
 
-from exchange import repo
-from exchange.db import connect, migrate, migration_files
+from exchange.store import repository as repo
+from exchange.store.db import connect, migrate, migration_files
 
 LEDGER_TABLES = ("accounts", "transactions", "entries")
 TRADE_MARKETS = "SELECT (trade_market(symbol)).* FROM markets ORDER BY symbol"

@@ -1,4 +1,4 @@
-"""Money movements sent in batches (exchange/movement_batches.py, movements() of
+"""Money movements sent in batches (exchange/ledger/batches.py, movements() of
 010_movement_batches.sql), against the real database: movements that arrive together
 commit in one call, yet each answers, fails and replays exactly as it would alone."""
 
@@ -17,11 +17,11 @@ import pytest
 from conftest import audit
 from prometheus_client import REGISTRY
 
-from exchange import repo
 from exchange.config import Settings
-from exchange.db import FairPool, create_pool
-from exchange.errors import SQLSTATE_ERRORS
-from exchange.movement_batches import Movement, MovementBatches
+from exchange.http.errors import SQLSTATE_ERRORS
+from exchange.ledger.batches import Movement, MovementBatches
+from exchange.store import repository as repo
+from exchange.store.db import FairPool, create_pool
 
 PRICE = Decimal("50000.00")
 

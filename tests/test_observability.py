@@ -26,9 +26,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
 from exchange.config import Settings
-from exchange.logs import BLOCK_BYTES, FLUSH_SECONDS, REQUEST_ID, BlockStreamHandler, JsonFormatter
-from exchange.metrics_dir import VARIABLE, metrics_directory
-from exchange.sockets import free_port
+from exchange.ops.logs import BLOCK_BYTES, FLUSH_SECONDS, REQUEST_ID, BlockStreamHandler, JsonFormatter
+from exchange.ops.metrics_dir import VARIABLE, metrics_directory
+from exchange.ops.sockets import free_port
 
 LogLines = Callable[[], list[dict[str, Any]]]
 Metrics = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -552,7 +552,7 @@ def test_serve_stops_when_its_workers_cannot_start() -> None:
         [
             sys.executable,
             "-c",
-            "from exchange.serving import run_uvicorn; "
+            "from exchange.ops.serving import run_uvicorn; "
             f"run_uvicorn('test_observability:failing_app', '127.0.0.1', {free_port()}, 2, 'info', 'json')",
         ],
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},

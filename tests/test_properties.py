@@ -25,7 +25,7 @@ from market_model import ASSETS, MARKETS, Fill, amount_refusal, fill, paid, rece
 from pinned_exchange import Exchange, exchange_server
 
 from exchange.config import Settings
-from exchange.errors import SQLSTATE_ERRORS
+from exchange.http.errors import SQLSTATE_ERRORS
 
 settings.register_profile(
     "bounded",

@@ -19,9 +19,9 @@ import msgspec
 import pytest
 from conftest import fake_binance_server, fresh_database, login, register_and_login, running_server
 
-from exchange import repo
 from exchange.config import Settings
-from exchange.db import SCHEMA
+from exchange.store import repository as repo
+from exchange.store.db import SCHEMA
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 EXAMPLES_PER_OPERATION = 10

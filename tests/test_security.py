@@ -25,9 +25,9 @@ from conftest import TEST_PASSWORD, Account, login, move, register_and_login, se
 from litestar import Litestar
 from private_servers import PrivateRedis, private_redis
 
-from exchange import repo
 from exchange.app import create_app
 from exchange.config import Settings
+from exchange.store import repository as repo
 
 
 @asynccontextmanager

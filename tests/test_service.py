@@ -16,11 +16,11 @@ import msgspec
 import pytest
 from conftest import TEST_PASSWORD, fresh_database, running_server
 
-from exchange import serving
 from exchange.__main__ import warn_if_pools_exceed_max_connections
 from exchange.config import Settings, settings_from_env
-from exchange.db import migrate, migration_files
-from exchange.sockets import free_port
+from exchange.ops import serving
+from exchange.ops.sockets import free_port
+from exchange.store.db import migrate, migration_files
 
 
 async def test_concurrent_migrations_apply_each_file_once(service_urls: tuple[str, str]) -> None:

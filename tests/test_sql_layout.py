@@ -18,14 +18,14 @@ import asyncpg
 import pytest
 from conftest import fresh_database
 
-from exchange.db import SCHEMA, connect, migrate, migration_files
-from exchange.queries import SQL_DIR
-from exchange.sql_functions import (
+from exchange.store.db import SCHEMA, connect, migrate, migration_files
+from exchange.store.function_files import (
     FUNCTIONS_DIR,
     FunctionDrift,
     function_plan,
     read_function_files,
 )
+from exchange.store.queries import SQL_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 # The migration that moved every function into sql/functions/; none after it defines one.

@@ -19,10 +19,10 @@ import pytest
 from conftest import audit
 from market_model import MARKETS, fill
 
-from exchange import repo
 from exchange.config import Settings
-from exchange.db import create_pool
-from exchange.errors import SQLSTATE_ERRORS
+from exchange.http.errors import SQLSTATE_ERRORS
+from exchange.store import repository as repo
+from exchange.store.db import create_pool
 
 CONNECTIONS = 30
 NOW = datetime.now(UTC)

@@ -17,11 +17,11 @@ import pytest
 from conftest import audit, key, ledger_counts, login, move
 from pinned_exchange import Exchange, exchange_server
 
-from exchange import repo
 from exchange.config import Settings
 from exchange.prices.binance import Quote
 from exchange.prices.cache import now_ms
 from exchange.prices.feed import channel_name, encode_quotes
+from exchange.store import repository as repo
 
 FEE_RATE = Decimal("0.001")  # every seeded market's fee_rate (001_schema.sql)
 CENT = Decimal("0.01")  # USDT's scale

@@ -28,11 +28,11 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from exchange import repo
-from exchange.prices.background import Loops, follow_channel
-from exchange.security import AuthUser, unauthorized
+from exchange.auth.security import AuthUser, unauthorized
+from exchange.ops.redis_loops import Loops, follow_channel
+from exchange.store import repository as repo
 
-log = logging.getLogger("exchange.denylist")
+log = logging.getLogger("exchange.auth.denylist")
 
 # A reload that takes longer (PostgreSQL or Redis hanging) gives up until the next one.
 RELOAD_TIMEOUT_SECONDS = 5.0

@@ -15,7 +15,7 @@ import unicodedata
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from exchange.errors import ExchangeError
+from exchange.http.errors import ExchangeError
 
 EMAIL_MAX_LENGTH = 254  # as users.email's CHECK
 INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})

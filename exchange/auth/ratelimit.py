@@ -4,7 +4,7 @@ Each counter is one key, `{prefix}rl:{action}:{ip|email}:{who}`, incremented and
 its expiry by one Lua script, so the count is exact however many workers share it
 (Litestar's rate-limit middleware keeps its count per process). The counters of one
 request travel in one pipeline or script: one round trip. Every key is bounded: the
-address is a valid IP (exchange/forwarded.py), the email a digest.
+address is a valid IP (exchange/http/forwarded.py), the email a digest.
 
 Logins are limited so that an attacker cannot turn the limit against the account's
 owner (a per-email count of every attempt let anyone keep a victim out with ten wrong
@@ -39,12 +39,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from exchange.config import Settings
-from exchange.errors import ExchangeError
+from exchange.http.errors import ExchangeError
 
-log = logging.getLogger("exchange.ratelimit")
+log = logging.getLogger("exchange.auth.ratelimit")
 
 WARN_EVERY_SECONDS = 10.0
-# Addresses are short already (exchange/forwarded.py); a key is bounded whatever comes.
+# Addresses are short already (exchange/http/forwarded.py); a key is bounded whatever comes.
 ADDRESS_KEY_MAX_CHARS = 64
 
 # KEYS[1] the counter; ARGV[1] the window in ms, ARGV[2] the limit.

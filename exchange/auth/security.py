@@ -14,9 +14,9 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
-from exchange import repo
 from exchange.config import Settings
-from exchange.errors import ExchangeError
+from exchange.http.errors import ExchangeError
+from exchange.store import repository as repo
 
 # Pinned: a token naming any other algorithm (including "none") is refused.
 JWT_ALGORITHM = "HS256"
@@ -108,7 +108,7 @@ class VerifiedTokens:
 
     Keyed by the whole token string, so only the exact text that passed verification
     hits, and a hit counts only until the token's own `exp`. Revoked tokens and disabled
-    users are still checked on every request (exchange/denylist.py). When full, it
+    users are still checked on every request (exchange/auth/denylist.py). When full, it
     starts over."""
 
     def __init__(self, settings: Settings, max_entries: int = 10_000) -> None:
@@ -131,7 +131,7 @@ class VerifiedTokens:
 
 class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
     """Sets request.user from `Authorization: Bearer <JWT>`; 401 without a valid one,
-    or for a revoked token or a disabled user (checked in memory: exchange/denylist.py)."""
+    or for a revoked token or a disabled user (checked in memory: exchange/auth/denylist.py)."""
 
     async def authenticate_request(self, connection: ASGIConnection) -> AuthenticationResult:
         header = connection.headers.get("authorization", "")

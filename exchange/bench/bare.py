@@ -1,10 +1,10 @@
 """The benchmark's ceilings over HTTP: a bare Litestar app, served like the product, with
-an asyncpg pool made like the product's (exchange/db.py). Not routes of the product;
+an asyncpg pool made like the product's (exchange/store/db.py). Not routes of the product;
 `exchange bench --ceiling` serves them under the same uvicorn settings as `exchange serve`.
 
 - GET /select1: runs `SELECT 1`, the HTTP + driver ceiling.
 - POST /deposit/{user_id}: the product's own deposit (1 USDT, a random idempotency key),
-  sent in batches as the product sends it (exchange/movement_batches.py), with no
+  sent in batches as the product sends it (exchange/ledger/batches.py), with no
   authentication, validation, logging or metrics around it: the ceiling of a durable
   money movement through this framework and driver.
 
@@ -24,9 +24,9 @@ from litestar import Litestar, get, post
 from litestar.datastructures import State
 
 from exchange.config import settings_from_env
-from exchange.db import create_pool
-from exchange.movement_batches import Movement, MovementBatches
-from exchange.serving import run_uvicorn
+from exchange.ledger.batches import Movement, MovementBatches
+from exchange.ops.serving import run_uvicorn
+from exchange.store.db import create_pool
 
 ONE = Decimal("1.00")
 

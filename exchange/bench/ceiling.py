@@ -28,9 +28,9 @@ import asyncpg
 from exchange.bench.load import Window, open_connections, run_load
 from exchange.bench.scenarios import Operation, User
 from exchange.bench.spawn import process, server_env
-from exchange.db import connect, migrate, scratch_database
-from exchange.queries import SQL_DIR
-from exchange.sockets import free_port
+from exchange.ops.sockets import free_port
+from exchange.store.db import connect, migrate, scratch_database
+from exchange.store.queries import SQL_DIR
 
 PGBENCH_SCALE = 10
 _TPS = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")

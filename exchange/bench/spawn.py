@@ -19,11 +19,11 @@ from pathlib import Path
 
 import httpx
 
-from exchange import repo
+from exchange.auth.security import hash_password
 from exchange.config import Settings
-from exchange.db import connect, migrate, scratch_database
-from exchange.security import hash_password
-from exchange.sockets import free_port
+from exchange.ops.sockets import free_port
+from exchange.store import repository as repo
+from exchange.store.db import connect, migrate, scratch_database
 
 ADMIN_EMAIL = "bench-admin@example.com"
 START_TIMEOUT_SECONDS = 60

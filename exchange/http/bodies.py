@@ -16,7 +16,7 @@ import msgspec
 from litestar import Request
 from litestar.types import Empty
 
-from exchange.errors import ExchangeError
+from exchange.http.errors import ExchangeError
 
 FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
 # JSON numbers with a fraction or exponent become Decimal exactly, never a float.

@@ -18,7 +18,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
-log = logging.getLogger("exchange.errors")
+log = logging.getLogger("exchange.http.errors")
 
 
 class ExchangeError(Exception):

@@ -9,7 +9,7 @@ untrusted entry, the only one a trusted proxy vouches for. Entries that are not 
 addresses stop the walk (the last trusted hop is kept), and at most MAX_HOPS entries
 are read, so whatever a client puts in the header, the address is a short, valid IP.
 
-uvicorn's own proxy-header handling is off (exchange/serving.py): it trusts 127.0.0.1
+uvicorn's own proxy-header handling is off (exchange/ops/serving.py): it trusts 127.0.0.1
 by default, so any local hop that passes the client's header through let the client
 choose its address.
 """

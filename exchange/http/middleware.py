@@ -6,12 +6,12 @@ that match no route (404, 405) are logged and counted too. Per request it:
 - takes the client's `X-Request-ID` if it is short and made of safe characters, else
   makes one (a per-process random prefix and a counter: unique without a syscall);
   echoes it in the response's `X-Request-ID` and sets it for every log record written
-  while the request is served (exchange/logs.py);
+  while the request is served (exchange/ops/logs.py);
 - writes one line on the logger `exchange.access` (INFO): request_id, method, path
   (never the query string; cut to PATH_LOG_MAX_CHARS), route (the template), status, duration_ms, user_id when
   authenticated, client_ip, and for an error the body's `error.code`. Never a body,
   a header value other than the request id, a password or a token;
-- counts it in the metrics (exchange/metrics.py), and, for a money movement (its
+- counts it in the metrics (exchange/ops/metrics.py), and, for a money movement (its
   handler said so with note_movement), the movement's outcome: ok, replayed
   (`Idempotency-Replayed: true`), or the error's code.
 
@@ -32,8 +32,8 @@ import msgspec
 from litestar import Litestar
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from exchange import metrics
-from exchange.logs import REQUEST_ID
+from exchange.ops import metrics
+from exchange.ops.logs import REQUEST_ID
 
 access_log = logging.getLogger("exchange.access")
 

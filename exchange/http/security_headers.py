@@ -3,13 +3,13 @@
 Every answer: `X-Content-Type-Options: nosniff`, `X-Frame-Options: DENY`,
 `Referrer-Policy: no-referrer`, and a CSP that allows nothing (`default-src 'none';
 frame-ancestors 'none'`): the API answers JSON, which a browser must never run, frame
-or sniff. Over HTTPS (the scheme as a trusted proxy gives it, exchange/forwarded.py):
+or sniff. Over HTTPS (the scheme as a trusted proxy gives it, exchange/http/forwarded.py):
 `Strict-Transport-Security`.
 
 HTML answers (the docs pages under /schema, where Swagger's *Authorize* takes
 passwords) get a CSP that loads scripts, styles, images and fonts from this origin only
 ('self'), with no inline script or style: the docs page is made of files the package
-serves (exchange/api_docs). `data:` images and fonts are allowed: Swagger UI's
+serves (exchange/http/api_docs). `data:` images and fonts are allowed: Swagger UI's
 stylesheet embeds its icons that way, and an image runs no script.
 """
 

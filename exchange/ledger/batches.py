@@ -31,10 +31,10 @@ from typing import Any, NamedTuple, cast
 import asyncpg
 from asyncpg.exceptions._base import DataError as ClientDataError
 
-from exchange import repo
 from exchange.config import Settings
-from exchange.metrics import MOVEMENTS_PER_CALL
+from exchange.ops.metrics import MOVEMENTS_PER_CALL
 from exchange.schemas import Transaction
+from exchange.store import repository as repo
 
 Answer = tuple[Transaction, bool]
 LOCK_NOT_AVAILABLE = "55P03"

@@ -18,7 +18,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from exchange.errors import ExchangeError
+from exchange.http.errors import ExchangeError
 
 
 class UserTurns:

@@ -133,7 +133,7 @@ def bounded_protocol(limits: HttpLimits) -> type[BoundedHttpToolsProtocol]:
 
 def uvicorn_options(limits: HttpLimits) -> dict[str, object]:
     """What every server of the product gives uvicorn (exchange serve, the tests'):
-    these bounds, and no proxy headers (the app reads them: exchange/forwarded.py).
+    these bounds, and no proxy headers (the app reads them: exchange/http/forwarded.py).
     Built in the process that serves: the class is made here, not pickled."""
     return {
         "http": bounded_protocol(limits),

@@ -3,7 +3,7 @@
 A JSON line carries `ts` (UTC), `level`, `logger`, `message`, `pid`, the id of the
 request being served when there is one (`request_id`, from a context variable the
 request middleware sets), a formatted traceback as `exc`, and the fields a record was
-given as `extra={"fields": {...}}` (the per-request line of exchange/observability.py).
+given as `extra={"fields": {...}}` (the per-request line of exchange/http/middleware.py).
 uvicorn's own loggers are routed here too, so the stream stays one format.
 
 Lines are written in blocks (BlockStreamHandler): with a line per request, one write

@@ -27,7 +27,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
-from exchange.errors import ExchangeError, documented
+from exchange.http.errors import ExchangeError, documented
 from exchange.prices.binance import Quote
 
 # Where a handler notes which money movement a request is (see note_movement).
@@ -62,7 +62,7 @@ MOVEMENTS = Counter(
 )
 MOVEMENTS_PER_CALL = Histogram(
     "exchange_movements_per_call",
-    "Money movements sent to PostgreSQL in one call (exchange/movement_batches.py).",
+    "Money movements sent to PostgreSQL in one call (exchange/ledger/batches.py).",
     buckets=(1, 2, 4, 8, 16, 32),
 )
 # inc/dec rather than set: several feeds may share a process (tests), and livesum adds

@@ -29,11 +29,11 @@ from typing import Any
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
-from exchange.http_limits import HttpLimits, uvicorn_options
-from exchange.logs import logging_config, write_logs_before_dying_of
-from exchange.sockets import bound_socket
+from exchange.ops.http_limits import HttpLimits, uvicorn_options
+from exchange.ops.logs import logging_config, write_logs_before_dying_of
+from exchange.ops.sockets import bound_socket
 
-log = logging.getLogger("exchange.serving")
+log = logging.getLogger("exchange.ops.serving")
 # How long a stopping worker may finish its requests before it is killed.
 STOP_SECONDS = 30.0
 # Pooled connections all workers may hold by default: PostgreSQL's default max_connections
@@ -82,7 +82,7 @@ def run_uvicorn(
         "http": "auto",
         "log_level": log_level,
         "log_config": logging_config(log_level, log_format),
-        # exchange.access logs every request instead (exchange/observability.py).
+        # exchange.access logs every request instead (exchange/http/middleware.py).
         "access_log": False,
         # Header bounds, limit_concurrency, no proxy headers: added in the process that
         # serves (uvicorn_options), as its protocol class is made there.

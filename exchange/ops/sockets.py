@@ -17,7 +17,7 @@ def bound_socket(
     host: str, port: int, *, reuse_port: bool = False, reuse_address: bool = True
 ) -> socket.socket:
     """A TCP socket bound to (host, port), not yet listening; with reuse_port, one of a
-    group that share the port (exchange/serving.py)."""
+    group that share the port (exchange/ops/serving.py)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     if reuse_address:

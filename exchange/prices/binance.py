@@ -23,7 +23,7 @@ import msgspec
 
 from exchange import __version__
 from exchange.config import Settings
-from exchange.errors import ExchangeError
+from exchange.http.errors import ExchangeError
 
 log = logging.getLogger("exchange.prices.binance")
 

@@ -48,7 +48,7 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.params import FromQuery, JSONBody
 
-from exchange.sockets import listening_socket
+from exchange.ops.sockets import listening_socket
 
 # symbol: (base, quote, starting price, tick size, lot step, min qty, max qty, min notional)
 # Steps and notional follow Binance's exchangeInfo; ETHBTC is one the exchange does not list.

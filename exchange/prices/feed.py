@@ -21,8 +21,8 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from exchange.metrics import FEED_LEADER
-from exchange.prices.background import Loops
+from exchange.ops.metrics import FEED_LEADER
+from exchange.ops.redis_loops import Loops
 from exchange.prices.binance import PriceUnavailable, Quote
 from exchange.prices.cache import RELEASE_IF_HOLDER, PriceCache
 

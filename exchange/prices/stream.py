@@ -20,7 +20,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from exchange.money import encode_money
-from exchange.prices.background import Loops, follow_channel
+from exchange.ops.redis_loops import Loops, follow_channel
 from exchange.prices.binance import Quote
 from exchange.prices.cache import as_price
 from exchange.prices.feed import channel_name, decode_quotes

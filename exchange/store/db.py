@@ -15,8 +15,7 @@ import asyncpg
 
 from exchange.config import Settings
 from exchange.money import Money
-from exchange.queries import SQL_DIR
-from exchange.sql_functions import (
+from exchange.store.function_files import (
     FUNCTIONS_DIR,
     FunctionPlan,
     apply_function_files,
@@ -24,8 +23,9 @@ from exchange.sql_functions import (
     function_plan,
     read_function_files,
 )
+from exchange.store.queries import SQL_DIR
 
-log = logging.getLogger("exchange.db")
+log = logging.getLogger("exchange.store.db")
 
 # Every table, view and function lives in this schema.
 SCHEMA = "exchange"

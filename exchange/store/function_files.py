@@ -29,9 +29,9 @@ from pathlib import Path
 
 import asyncpg
 
-from exchange.queries import SQL_DIR, Q
+from exchange.store.queries import SQL_DIR, Q
 
-log = logging.getLogger("exchange.db")
+log = logging.getLogger("exchange.store.db")
 
 FUNCTIONS_DIR = SQL_DIR / "functions"
 

@@ -8,11 +8,11 @@ from types import MappingProxyType
 
 def find_sql_dir() -> Path:
     """sql/ as installed inside the package (wheel), or at the top of a source checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "sql", here.parent / "sql"):
+    package = Path(__file__).resolve().parent.parent  # exchange/
+    for candidate in (package / "sql", package.parent / "sql"):
         if (candidate / "migrations").is_dir():
             return candidate
-    raise RuntimeError(f"sql/ not found next to {here}")
+    raise RuntimeError(f"sql/ not found in or next to {package}")
 
 
 SQL_DIR = find_sql_dir()

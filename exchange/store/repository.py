@@ -13,10 +13,10 @@ from typing import Any, Literal
 import asyncpg
 import msgspec
 
-from exchange.db import FairPool
-from exchange.emails import StoredEmail
-from exchange.queries import Q
+from exchange.auth.emails import StoredEmail
 from exchange.schemas import HouseBalance, Transaction, User, Violation, Wallet
+from exchange.store.db import FairPool
+from exchange.store.queries import Q
 
 Pool = FairPool
 TRANSACTION_FIELDS = Transaction.__struct_fields__
@@ -172,7 +172,7 @@ async def ping(pool: Pool) -> None:
 
 async def movements(connection: asyncpg.Connection, columns: list[list[Any]]) -> list[asyncpg.Record]:
     """Many movements in one call (sql/queries/movements.sql): one row each, its
-    movement_result's columns or its error; see exchange/movement_batches.py."""
+    movement_result's columns or its error; see exchange/ledger/batches.py."""
     return await connection.fetch(Q.movements, *columns)
 
 

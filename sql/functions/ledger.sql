@@ -9,7 +9,7 @@
 -- asset-code order ("C" collation), the global wallet lock order. Nothing else here
 -- locks anything.
 --
--- Errors (class EX, mapped to JSON errors in exchange/errors.py):
+-- Errors (class EX, mapped to JSON errors in exchange/http/errors.py):
 --   EX001 invalid_amount          amount not > 0, or above the asset's max_amount   (422)
 --   EX002 too_many_decimals       more decimals than the asset's scale              (422)
 --   EX003 unknown_asset                                                             (404)

@@ -2,7 +2,7 @@
 -- and one transaction, each in its own subtransaction.
 --
 -- Objects: movements().  Types it uses (schema): movement_outcome, movement_result.
--- Called by: sql/queries/movements.sql (exchange/movement_batches.py gathers the
+-- Called by: sql/queries/movements.sql (exchange/ledger/batches.py gathers the
 -- movements that arrive while a worker's earlier calls run; a quiet server sends them
 -- one per call through deposit(), withdraw(), buy() and sell() directly).
 --

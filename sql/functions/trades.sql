@@ -32,7 +32,7 @@
 -- collation: BTC before USDT), whatever the side, so two trades of one user never
 -- deadlock. Missing wallets are created first (lock_trade_wallets, same order).
 --
--- Errors (EX001-EX005 as in ledger.sql; mapped in exchange/errors.py):
+-- Errors (EX001-EX005 as in ledger.sql; mapped in exchange/http/errors.py):
 --   EX006 unknown_symbol          no such market                                    (404)
 --   EX007 market_inactive         the market's `active` is false                    (409)
 --   EX008 exactly_one_quantity    neither or both of quantity and quote_quantity    (422)

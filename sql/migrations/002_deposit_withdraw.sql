@@ -2,7 +2,7 @@
 --
 -- The application calls each money function as one statement: one round trip, one
 -- transaction, READ COMMITTED. Errors are raised with a named SQLSTATE in class EX,
--- which exchange/errors.py maps to a JSON error; DETAIL carries JSON for the client:
+-- which exchange/http/errors.py maps to a JSON error; DETAIL carries JSON for the client:
 --   EX001 invalid_amount          amount not > 0, or above the asset's max_amount   (422)
 --   EX002 too_many_decimals       more decimals than the asset's scale              (422)
 --   EX003 unknown_asset                                                             (404)

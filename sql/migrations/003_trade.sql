@@ -10,7 +10,7 @@
 -- price. (A duration, not a deadline, so the two hosts' clocks need not agree; NULL,
 -- as from psql, means no limit.)
 --
--- Errors, continuing 002's list (EX001-EX005) and mapped in exchange/errors.py:
+-- Errors, continuing 002's list (EX001-EX005) and mapped in exchange/http/errors.py:
 --   EX006 unknown_symbol          no such market                                    (404)
 --   EX007 market_inactive         the market's `active` is false                    (409)
 --   EX008 exactly_one_quantity    neither or both of quantity and quote_quantity    (422)

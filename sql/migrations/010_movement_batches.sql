@@ -7,7 +7,7 @@
 -- EXCEPTION block): a movement that fails is rolled back alone and answered as an
 -- error row, the others commit together, in one transaction and one WAL flush. Each
 -- still writes its balanced entries and answers what its own call would have.
--- The server (exchange/movement_batches.py) gathers the movements that arrive while
+-- The server (exchange/ledger/batches.py) gathers the movements that arrive while
 -- its earlier calls run, so a quiet server sends them one per call.
 --
 -- Locks. A batch holds every wallet it locked until it commits, so:

@@ -25,7 +25,7 @@ CREATE INDEX IF NOT EXISTS transactions_user_quote_asset_idx ON transactions (us
     WHERE quote_asset IS NOT NULL;
 
 -- Ids of users deleted from `users` (by a DBA: the API never deletes). Ids are never
--- reused (identity), and the workers deny these ids' tokens (exchange/denylist.py).
+-- reused (identity), and the workers deny these ids' tokens (exchange/auth/denylist.py).
 CREATE TABLE users_deleted (
     id          bigint PRIMARY KEY,
     deleted_at  timestamptz NOT NULL DEFAULT now()

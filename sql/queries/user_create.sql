@@ -1,4 +1,4 @@
--- Register a user. $1: the email in its normal form (exchange/emails.py); another
+-- Register a user. $1: the email in its normal form (exchange/auth/emails.py); another
 -- spelling of it, or a case of an older account's, fails on users_email_key.
 -- $1 email, $2 bcrypt hash, $3 role ('user' or 'admin').
 INSERT INTO users (email, password_hash, role)

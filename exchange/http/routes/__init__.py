@@ -1,1 +1,1 @@
-"""HTTP routes, one module per resource. Handlers hold no SQL: they call exchange.repo."""
+"""HTTP routes, one module per resource. Handlers hold no SQL: they call exchange.store.repository."""

@@ -5,11 +5,11 @@ from __future__ import annotations
 from litestar import Router, get
 from litestar.datastructures import State
 
-from exchange import repo
-from exchange.errors import documented
-from exchange.routes import admin_users
+from exchange.auth.security import admin_only
+from exchange.http.errors import documented
+from exchange.http.routes import admin_users
 from exchange.schemas import AuditReport, HouseBalance
-from exchange.security import admin_only
+from exchange.store import repository as repo
 
 
 @get("/audit", summary="Check every ledger invariant", responses=documented(401, 403, 503))

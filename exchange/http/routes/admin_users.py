@@ -1,6 +1,6 @@
 """Admin user management: list users, disable and enable them (mounted under /admin).
 
-Disabling takes effect at once on every worker (exchange/denylist.py): the user's
+Disabling takes effect at once on every worker (exchange/auth/denylist.py): the user's
 tokens answer 401 and logging in answers 403 user_disabled. An admin cannot disable
 their own account, and the last active admin cannot be disabled or demoted by anyone
 (checked in SQL under a lock, trigger users_keep_an_active_admin: two admins disabling
@@ -15,10 +15,10 @@ from litestar import Request, get, post
 from litestar.datastructures import State
 from litestar.params import PathParameter, QueryParameter
 
-from exchange import repo
-from exchange.errors import ExchangeError, documented
+from exchange.auth.security import AuthUser
+from exchange.http.errors import ExchangeError, documented
 from exchange.schemas import ID_MAX, User, UserPage
-from exchange.security import AuthUser
+from exchange.store import repository as repo
 
 PAGE_SIZE_MAX = 100
 

@@ -1,8 +1,8 @@
 """POST /api/v1/auth/register, /auth/token (OAuth2 password flow) and /auth/logout.
 
-Register and token are rate limited per client IP and per email (exchange/ratelimit.py)
+Register and token are rate limited per client IP and per email (exchange/auth/ratelimit.py)
 before any bcrypt work is spent. The client IP is the peer address, or behind a proxy
-named in FORWARDED_ALLOW_IPS the one it vouches for (exchange/forwarded.py).
+named in FORWARDED_ALLOW_IPS the one it vouches for (exchange/http/forwarded.py).
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from litestar import Request, Response, post
 from litestar.datastructures import State
 from litestar.params import JSONBody, URLEncodedBody
 
-from exchange import repo
-from exchange.bodies import form_body_only
-from exchange.emails import checked_email, normal_email
-from exchange.errors import ExchangeError, documented
+from exchange.auth.emails import checked_email, normal_email
+from exchange.auth.security import AuthUser, check_password_rules, hash_password, issue_token, verify_password
+from exchange.http.bodies import form_body_only
+from exchange.http.errors import ExchangeError, documented
 from exchange.schemas import RegisterRequest, Token, TokenForm, User
-from exchange.security import AuthUser, check_password_rules, hash_password, issue_token, verify_password
+from exchange.store import repository as repo
 
 
 @post(
@@ -58,7 +58,7 @@ async def token(
     `rate_limited`, `Retry-After`): every attempt per client IP; wrong passwords per
     email from one IP, and per email from all IPs for the IPs that sent them (another
     IP's wrong passwords never keep the account's owner out)."""
-    # Found by its normal form, as stored (exchange/emails.py): full-width ADA@example.com is ada's.
+    # Found by its normal form, as stored (exchange/auth/emails.py): full-width ADA@example.com is ada's.
     credentials = await repo.credentials_by_email(state.pool, normal_email(data.username))
     # Counted on the account's own email when there is one (one counter for every
     # spelling that finds it, even an account stored before emails were normalised).

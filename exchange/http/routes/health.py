@@ -8,8 +8,8 @@ from litestar import Response, get
 from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 
-from exchange import repo
 from exchange.schemas import Health, Readiness
+from exchange.store import repository as repo
 
 PROBE_TIMEOUT_SECONDS = 2.0
 

@@ -18,15 +18,15 @@ from litestar import Request, post
 from litestar.datastructures import State
 from litestar.params import JSONBody
 
-from exchange.errors import documented
-from exchange.metrics import note_movement
-from exchange.movement_batches import Movement
+from exchange.auth.security import AuthUser
+from exchange.http.errors import documented
+from exchange.http.responses import ExchangeResponse
+from exchange.http.routes.wallets import IdempotencyKey
+from exchange.ledger.batches import Movement
+from exchange.ops.metrics import note_movement
 from exchange.prices.binance import PriceUnavailable, Quote
 from exchange.prices.cache import PriceCache, as_price
-from exchange.responses import ExchangeResponse
-from exchange.routes.wallets import IdempotencyKey
 from exchange.schemas import OrderRequest, OrderResult, Price, Wallet
-from exchange.security import AuthUser
 
 log = logging.getLogger("exchange.orders")
 

@@ -13,7 +13,7 @@ from litestar.datastructures import State
 from litestar.exceptions import WebSocketDisconnect
 from litestar.params import FromQuery, PathParameter, QueryParameter
 
-from exchange.errors import ErrorDetail, ExchangeError, documented
+from exchange.http.errors import ErrorDetail, ExchangeError, documented
 from exchange.prices.cache import PriceCache
 from exchange.prices.stream import PriceStream, Subscriber, TooManyClients
 from exchange.schemas import SYMBOL_PATTERN, Price, StreamError

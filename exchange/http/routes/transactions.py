@@ -8,10 +8,10 @@ from litestar import Request, get
 from litestar.datastructures import State
 from litestar.params import PathParameter, QueryParameter
 
-from exchange import repo
-from exchange.errors import ExchangeError, documented
+from exchange.auth.security import AuthUser
+from exchange.http.errors import ExchangeError, documented
 from exchange.schemas import ASSET_PATTERN, ID_MAX, Transaction, TransactionKindFilter, TransactionPage
-from exchange.security import AuthUser
+from exchange.store import repository as repo
 
 PAGE_SIZE_MAX = 100
 

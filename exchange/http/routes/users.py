@@ -5,10 +5,10 @@ from __future__ import annotations
 from litestar import Request, get
 from litestar.datastructures import State
 
-from exchange import repo
-from exchange.errors import ExchangeError, documented
+from exchange.auth.security import AuthUser
+from exchange.http.errors import ExchangeError, documented
 from exchange.schemas import Me
-from exchange.security import AuthUser
+from exchange.store import repository as repo
 
 RECENT_TRANSACTIONS = 10
 

@@ -10,13 +10,13 @@ from litestar.datastructures import State
 from litestar.openapi.spec import Example
 from litestar.params import HeaderParameter, JSONBody, PathParameter
 
-from exchange import repo
-from exchange.errors import ExchangeError, documented
-from exchange.metrics import note_movement
-from exchange.movement_batches import Movement
-from exchange.responses import ExchangeResponse
+from exchange.auth.security import AuthUser
+from exchange.http.errors import ExchangeError, documented
+from exchange.http.responses import ExchangeResponse
+from exchange.ledger.batches import Movement
+from exchange.ops.metrics import note_movement
 from exchange.schemas import ASSET_PATTERN, IDEMPOTENCY_KEY_PATTERN, AmountRequest, Transaction, Wallet
-from exchange.security import AuthUser
+from exchange.store import repository as repo
 
 IdempotencyKey = Annotated[
     str,
