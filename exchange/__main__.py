@@ -14,7 +14,7 @@ from exchange.auth.security import check_password_rules, hash_password
 from exchange.bench.run import add_arguments as add_bench_arguments
 from exchange.bench.run import bench_command
 from exchange.config import Settings, refuse_fake_binance_in_production, settings_from_env
-from exchange.http.errors import ExchangeError
+from exchange.errors import ExchangeError
 from exchange.ops.http_limits import http_limits_from
 from exchange.ops.logs import configure_logging, log_format_from_env
 from exchange.ops.metrics_dir import metrics_directory

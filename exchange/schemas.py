@@ -9,11 +9,11 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
-from exchange.http.errors import ErrorDetail, ExchangeError
+from exchange.errors import ExchangeError
 
 # Patterns are checked by msgspec (Python's re) and published in the OpenAPI document
 # (ECMA-262 regex), so they use only what both read alike: explicit ranges, not `\s`
@@ -153,7 +153,7 @@ class OrderRequest(msgspec.Struct, forbid_unknown_fields=True):
         given, other = ("max_price", "min_price") if self.side == "buy" else ("min_price", "max_price")
         if getattr(self, other) is not None:
             message = f"a {self.side} takes {given}, not {other}"
-            raise ExchangeError("invalid_price_guard", message, 422, {"field": other})
+            raise ExchangeError("invalid_price_guard", message, {"field": other})
         guard = getattr(self, given)
         return None if guard is None else checked_decimal(guard, given)
 
@@ -164,7 +164,6 @@ class OrderRequest(msgspec.Struct, forbid_unknown_fields=True):
             raise ExchangeError(
                 "exactly_one_quantity",
                 "give exactly one of quantity and quote_quantity",
-                422,
                 {"fields": ["quantity", "quote_quantity"]},
             )
         return (
@@ -185,7 +184,6 @@ def checked_decimal(value: Decimal, field: str) -> Decimal:
         raise ExchangeError(
             "invalid_amount",
             f'{field} must be a positive decimal number, e.g. "100.50"',
-            422,
             {"field": field},
         )
     return Decimal(value)
@@ -270,6 +268,18 @@ class Price(msgspec.Struct):
 
 class PriceMessage(Price, tag="price", tag_field="type"):
     """A WebSocket push: {"type": "price", "symbol": ..., "price": ..., ...}."""
+
+
+class ErrorDetail(msgspec.Struct, omit_defaults=True):
+    code: str
+    message: str
+    details: dict[str, Any] | None = None
+
+
+class ErrorBody(msgspec.Struct):
+    """The body of every error response (documented in the OpenAPI schema)."""
+
+    error: ErrorDetail
 
 
 class StreamError(msgspec.Struct, tag="error", tag_field="type"):

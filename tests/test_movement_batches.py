@@ -18,8 +18,8 @@ from conftest import audit
 from prometheus_client import REGISTRY
 
 from exchange.config import Settings
-from exchange.http.errors import SQLSTATE_ERRORS
 from exchange.ledger.batches import Movement, MovementBatches
+from exchange.ledger.errors import SQLSTATE_CODES
 from exchange.store import repository as repo
 from exchange.store.db import FairPool, create_pool
 
@@ -131,7 +131,7 @@ async def test_a_movement_that_fails_fails_alone_with_its_own_error(pool: FairPo
         "EX013",  # price_unavailable: the price grew too old before the call
         "buy",
     ]
-    assert all(isinstance(r, str) and r in SQLSTATE_ERRORS for r in results[1:5])
+    assert all(isinstance(r, str) and r in SQLSTATE_CODES for r in results[1:5])
     assert await db.fetchval("SELECT count(*) FROM transactions") == counts_before + 2
     balances = {w.asset: w.balance for w in await repo.wallets_for_user(pool, ok)}
     # 100 + 1 - 0.0002 x 50,000; 0.0002 BTC less the 0.1% fee.

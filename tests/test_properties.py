@@ -25,7 +25,8 @@ from market_model import ASSETS, MARKETS, Fill, amount_refusal, fill, paid, rece
 from pinned_exchange import Exchange, exchange_server
 
 from exchange.config import Settings
-from exchange.http.errors import SQLSTATE_ERRORS
+from exchange.http.errors import http_status
+from exchange.ledger.errors import SQLSTATE_CODES
 
 settings.register_profile(
     "bounded",
@@ -45,7 +46,7 @@ PROFILE = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "bounded"))
 USERS = 3
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 WALLET_ASSETS = ["USDT", "BTC", "ETH"]
-STATUS = {code: status for code, status in SQLSTATE_ERRORS.values()}
+STATUS = {code: http_status(code) for code in SQLSTATE_CODES.values()}
 # Amounts go out as JSON strings or, as clients may send them, as JSON numbers.
 AS_STRINGS, AS_NUMBERS = msgspec.json.Encoder(), msgspec.json.Encoder(decimal_format="number")
 

@@ -20,7 +20,7 @@ from conftest import audit
 from market_model import MARKETS, fill
 
 from exchange.config import Settings
-from exchange.http.errors import SQLSTATE_ERRORS
+from exchange.ledger.errors import SQLSTATE_CODES
 from exchange.store import repository as repo
 from exchange.store.db import create_pool
 
@@ -186,7 +186,7 @@ async def test_random_orders_fill_exactly_as_a_decimal_model_computes(
                 secrets.token_hex(8),
             )
         except asyncpg.PostgresError as exc:
-            refused = {"refused": SQLSTATE_ERRORS[exc.sqlstate][0]}
+            refused = {"refused": SQLSTATE_CODES[exc.sqlstate]}
             assert refused == expected, (side, quantity, quote_quantity, price)
             outcomes[exc.sqlstate] += 1
             continue
@@ -227,5 +227,5 @@ async def test_a_trade_replays_even_when_its_checks_would_now_fail(pool: asyncpg
         assert replayed and again == first, (price, valid_ms)
     with pytest.raises(asyncpg.PostgresError) as refused:
         await buy("4.00", None)  # another request: the key's reuse is the error, not the price
-    assert SQLSTATE_ERRORS[refused.value.sqlstate][0] == "idempotency_key_reused"
+    assert SQLSTATE_CODES[refused.value.sqlstate] == "idempotency_key_reused"
     assert await audit(pool) == []

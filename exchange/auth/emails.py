@@ -15,7 +15,7 @@ import unicodedata
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from exchange.http.errors import ExchangeError
+from exchange.errors import ExchangeError
 
 EMAIL_MAX_LENGTH = 254  # as users.email's CHECK
 INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
@@ -43,13 +43,11 @@ def refusal(text: str) -> ExchangeError | None:
         return ExchangeError(
             "email_domain_not_ascii",
             "the email's domain must be in ASCII: give an internationalised domain in its xn-- form",
-            422,
         )
     if len(normal) > EMAIL_MAX_LENGTH:
         return ExchangeError(
             "validation_error",
             f"the email is longer than {EMAIL_MAX_LENGTH} characters once normalised (NFKC)",
-            400,
             {"field": "email"},
         )
     return None
@@ -69,7 +67,6 @@ def _invalid_character(character: str, category: str) -> ExchangeError:
         "email_invalid_characters",
         "emails may not hold spaces, invisible or control characters, or combining marks "
         f"left over after NFKC (found U+{ord(character):04X} {name})",
-        422,
         {"character": f"U+{ord(character):04X}", "category": category},
     )
 

@@ -39,7 +39,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from exchange.config import Settings
-from exchange.http.errors import ExchangeError
+from exchange.errors import ExchangeError
 
 log = logging.getLogger("exchange.auth.ratelimit")
 
@@ -303,9 +303,8 @@ def rate_limited(wait_ms: int, what: str = "attempts") -> ExchangeError:
     return ExchangeError(
         "rate_limited",
         f"too many {what}; retry in {retry_after} s",
-        429,
         {"retry_after": retry_after},
-        headers={"Retry-After": str(retry_after)},
+        retry_after_seconds=retry_after,
     )
 
 

@@ -15,7 +15,7 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
 from exchange.config import Settings
-from exchange.http.errors import ExchangeError
+from exchange.errors import ExchangeError
 from exchange.store import repository as repo
 
 # Pinned: a token naming any other algorithm (including "none") is refused.
@@ -40,14 +40,12 @@ def check_password_rules(password: str) -> None:
         raise ExchangeError(
             "password_too_short",
             f"password must have at least {PASSWORD_MIN_CHARS} characters",
-            422,
             {"field": "password"},
         )
     if len(password.encode()) > PASSWORD_MAX_BYTES:
         raise ExchangeError(
             "password_too_long",
             f"password must be at most {PASSWORD_MAX_BYTES} bytes in UTF-8 (bcrypt's limit)",
-            422,
             {"field": "password"},
         )
 
@@ -79,7 +77,7 @@ def issue_token(settings: Settings, user_id: int, role: str) -> str:
 
 
 def unauthorized(message: str) -> ExchangeError:
-    return ExchangeError("unauthorized", message, 401, headers={"WWW-Authenticate": "Bearer"})
+    return ExchangeError("unauthorized", message)
 
 
 def decode_token(settings: Settings, token: str) -> AuthUser:
@@ -162,4 +160,4 @@ async def admin_only(connection: ASGIConnection, _: BaseRouteHandler) -> None:
 
 
 def forbidden() -> ExchangeError:
-    return ExchangeError("forbidden", "this operation is for admins only", 403)
+    return ExchangeError("forbidden", "this operation is for admins only")

@@ -16,21 +16,19 @@ import msgspec
 from litestar import Request
 from litestar.types import Empty
 
-from exchange.http.errors import ExchangeError
+from exchange.http.errors import HTTPError
 
 FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
 # JSON numbers with a fraction or exponent become Decimal exactly, never a float.
 _JSON = msgspec.json.Decoder(float_hook=Decimal)
 
 
-def unsupported_media_type(expected: str) -> ExchangeError:
-    return ExchangeError(
-        "unsupported_media_type", f"send the body as {expected}", 415, {"expected": expected}
-    )
+def unsupported_media_type(expected: str) -> HTTPError:
+    return HTTPError("unsupported_media_type", f"send the body as {expected}", 415, {"expected": expected})
 
 
-def malformed_body(reason: str) -> ExchangeError:
-    return ExchangeError("validation_error", f"the body is not valid JSON: {reason}", 400)
+def malformed_body(reason: str) -> HTTPError:
+    return HTTPError("validation_error", f"the body is not valid JSON: {reason}", 400)
 
 
 class ExchangeRequest(Request):

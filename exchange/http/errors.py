@@ -1,7 +1,9 @@
 """One error shape for every failure: {"error": {"code", "message", "details"}}.
 
 Codes are stable and machine-readable; clients branch on `code`, never on `message`.
-Every SQLSTATE a money function raises (class EX, see sql/migrations) maps to one code.
+The domain raises ExchangeError (exchange/errors.py) with a code and no status; this
+module gives each code its HTTP status, maps every SQLSTATE a money function raises
+(ledger/errors.py) and Litestar's own errors, and holds the exception handlers.
 """
 
 from __future__ import annotations
@@ -18,11 +20,15 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
+from exchange.errors import ExchangeError
+from exchange.ledger.errors import SQLSTATE_CODES, UNIQUE_CODES
+from exchange.schemas import ErrorBody, ErrorDetail
+
 log = logging.getLogger("exchange.http.errors")
 
 
-class ExchangeError(Exception):
-    """A failure the client can act on: a stable code, an HTTP status, a message."""
+class HTTPError(ExchangeError):
+    """An error of the HTTP layer itself (a route's or a body's own check), with its status."""
 
     def __init__(
         self,
@@ -32,53 +38,61 @@ class ExchangeError(Exception):
         details: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message, details)
         self.status = status
-        self.details = details
         self.headers = headers
 
 
-class ErrorDetail(msgspec.Struct, omit_defaults=True):
-    code: str
-    message: str
-    details: dict[str, Any] | None = None
-
-
-class ErrorBody(msgspec.Struct):
-    """The body of every error response (documented in the OpenAPI schema)."""
-
-    error: ErrorDetail
-
-
-# SQLSTATEs raised by the PL/pgSQL money functions -> (code, HTTP status).
-SQLSTATE_ERRORS: dict[str, tuple[str, int]] = {
-    "EX001": ("invalid_amount", 422),
-    "EX002": ("too_many_decimals", 422),
-    "EX003": ("unknown_asset", 404),
-    "EX004": ("insufficient_funds", 409),
-    "EX005": ("idempotency_key_reused", 422),
-    "EX006": ("unknown_symbol", 404),
-    "EX007": ("market_inactive", 409),
-    "EX008": ("exactly_one_quantity", 422),
-    "EX009": ("quantity_off_step", 422),
-    "EX010": ("quantity_out_of_range", 422),
-    "EX011": ("below_min_notional", 422),
-    "EX012": ("price_moved", 409),
-    "EX013": ("price_unavailable", 503),
-    "EX014": ("last_admin", 409),
+# The HTTP status of each domain error code (exchange/errors.py, ledger/errors.py).
+STATUS_BY_CODE: dict[str, int] = {
+    "validation_error": 400,
+    "too_many_symbols": 400,
+    "unauthorized": 401,
+    "invalid_credentials": 401,
+    "forbidden": 403,
+    "user_disabled": 403,
+    "not_found": 404,
+    "unknown_asset": 404,
+    "unknown_symbol": 404,
+    "email_taken": 409,
+    "insufficient_funds": 409,
+    "market_inactive": 409,
+    "price_moved": 409,
+    "cannot_disable_self": 409,
+    "last_admin": 409,
+    "conflict": 409,
+    "invalid_amount": 422,
+    "too_many_decimals": 422,
+    "idempotency_key_reused": 422,
+    "exactly_one_quantity": 422,
+    "quantity_off_step": 422,
+    "quantity_out_of_range": 422,
+    "below_min_notional": 422,
+    "invalid_price_guard": 422,
+    "password_too_short": 422,
+    "password_too_long": 422,
+    "email_invalid_characters": 422,
+    "email_domain_not_ascii": 422,
+    "rate_limited": 429,
+    "price_unavailable": 503,
+    "service_unavailable": 503,
 }
 
-# Unique constraints whose violation is the client's doing -> (code, status, message).
-UNIQUE_ERRORS: dict[str, tuple[str, int, str]] = {
-    "users_email_key": ("email_taken", 409, "an account with this email already exists"),
-    "transactions_user_key": (
-        "idempotency_key_reused",
-        422,
-        "this Idempotency-Key was used for a different request",
-    ),
-}
+
+def http_status(code: str) -> int:
+    return STATUS_BY_CODE[code]
+
+
+def standard_headers(status: int, retry_after_seconds: int | None = None) -> dict[str, str] | None:
+    """What an answer of a status carries: how to authenticate (401), when to retry."""
+    if status == 401:
+        return {"WWW-Authenticate": "Bearer"}
+    if retry_after_seconds is not None:
+        return {"Retry-After": str(retry_after_seconds)}
+    if status == 503:
+        return {"Retry-After": "1"}
+    return None
+
 
 # Litestar's own HTTP errors (routing, parsing, guards) -> stable codes.
 STATUS_CODES: dict[int, str] = {
@@ -164,7 +178,12 @@ def error_response(
 
 
 def from_exchange_error(_: Request, exc: ExchangeError) -> Response[ErrorBody]:
-    return error_response(exc.code, exc.message, exc.status, exc.details, exc.headers)
+    if isinstance(exc, HTTPError):
+        status, headers = exc.status, exc.headers
+    else:
+        status = http_status(exc.code)
+        headers = standard_headers(status, exc.retry_after_seconds)
+    return error_response(exc.code, exc.message, status, exc.details, headers)
 
 
 def from_http_exception(_: Request, exc: HTTPException) -> Response[ErrorBody]:
@@ -215,14 +234,15 @@ def _validation_failure(exc: ValidationException) -> tuple[str, dict[str, Any] |
 
 def from_postgres_error(_: Request, exc: asyncpg.PostgresError) -> Response[ErrorBody]:
     sqlstate = exc.sqlstate or ""
-    if sqlstate in SQLSTATE_ERRORS:
-        code, status = SQLSTATE_ERRORS[sqlstate]
-        headers = {"Retry-After": "1"} if status == 503 else None
-        return error_response(code, exc.message, status, _json_details(exc.detail), headers)
+    if sqlstate in SQLSTATE_CODES:
+        code = SQLSTATE_CODES[sqlstate]
+        status = http_status(code)
+        details = _json_details(exc.detail)
+        return error_response(code, exc.message, status, details, standard_headers(status))
     constraint = getattr(exc, "constraint_name", None)
-    if sqlstate == "23505" and constraint in UNIQUE_ERRORS:
-        code, status, message = UNIQUE_ERRORS[constraint]
-        return error_response(code, message, status)
+    if sqlstate == "23505" and constraint in UNIQUE_CODES:
+        code, message = UNIQUE_CODES[constraint]
+        return error_response(code, message, http_status(code))
     if isinstance(exc, UNAVAILABLE_ERRORS) or sqlstate.startswith(UNAVAILABLE_SQLSTATES):
         if sqlstate.startswith("40"):
             log.warning("transaction rolled back by PostgreSQL (SQLSTATE %s); answered 503", sqlstate)

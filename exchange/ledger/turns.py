@@ -18,7 +18,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from exchange.http.errors import ExchangeError
+from exchange.errors import ExchangeError
 
 
 class UserTurns:
@@ -57,6 +57,4 @@ def busy() -> ExchangeError:
     return ExchangeError(
         "service_unavailable",
         "this account is busy with earlier requests; retry shortly with the same Idempotency-Key",
-        503,
-        headers={"Retry-After": "1"},
     )

@@ -27,7 +27,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
-from exchange.http.errors import ExchangeError, documented
+from exchange.http.errors import HTTPError, documented
 from exchange.prices.binance import Quote
 
 # Where a handler notes which money movement a request is (see note_movement).
@@ -201,7 +201,7 @@ async def metrics_endpoint(request: Request[Any, Any, State], state: State) -> R
     settings = state.settings
     token = settings.metrics_token
     if not token and settings.exchange_env == "production":
-        raise ExchangeError(
+        raise HTTPError(
             "unauthorized",
             "/metrics is closed in production until METRICS_TOKEN is set",
             401,
@@ -209,7 +209,7 @@ async def metrics_endpoint(request: Request[Any, Any, State], state: State) -> R
         )
     given = request.headers.get("authorization", "").encode("latin-1")
     if token and not hmac.compare_digest(given, f"Bearer {token}".encode()):
-        raise ExchangeError(
+        raise HTTPError(
             "unauthorized", "this endpoint needs METRICS_TOKEN", 401, headers={"WWW-Authenticate": "Bearer"}
         )
     prices = price_ages(await state.prices.read_all(), int(time.time() * 1000))

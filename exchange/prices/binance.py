@@ -23,7 +23,7 @@ import msgspec
 
 from exchange import __version__
 from exchange.config import Settings
-from exchange.http.errors import ExchangeError
+from exchange.errors import ExchangeError
 
 log = logging.getLogger("exchange.prices.binance")
 
@@ -54,9 +54,8 @@ class PriceUnavailable(ExchangeError):
         super().__init__(
             "price_unavailable",
             "no current price: the price source is not answering; retry shortly",
-            503,
             {"reason": reason},
-            {"Retry-After": str(max(1, retry_after_seconds))},
+            retry_after_seconds=max(1, retry_after_seconds),
         )
         self.reason = reason
         self.retry_after_seconds = max(1, retry_after_seconds)

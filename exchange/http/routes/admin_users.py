@@ -16,7 +16,7 @@ from litestar.datastructures import State
 from litestar.params import PathParameter, QueryParameter
 
 from exchange.auth.security import AuthUser
-from exchange.http.errors import ExchangeError, documented
+from exchange.http.errors import HTTPError, documented
 from exchange.schemas import ID_MAX, User, UserPage
 from exchange.store import repository as repo
 
@@ -48,7 +48,7 @@ async def disable_user(user_id: UserId, request: Request[AuthUser, str, State], 
     """Idempotent. 409 `cannot_disable_self` for the caller's own account, 409
     `last_admin` if no other active admin would remain."""
     if user_id == request.user.id:
-        raise ExchangeError("cannot_disable_self", "an admin cannot disable their own account", 409)
+        raise HTTPError("cannot_disable_self", "an admin cannot disable their own account", 409)
     return await _set_disabled(state, user_id, True)
 
 
@@ -66,7 +66,7 @@ async def enable_user(user_id: UserId, state: State) -> User:
 async def _set_disabled(state: State, user_id: int, disabled: bool) -> User:
     user = await repo.set_disabled(state.pool, user_id, disabled)
     if user is None:
-        raise ExchangeError("not_found", "no such user", 404)
+        raise HTTPError("not_found", "no such user", 404)
     await state.denylist.set_disabled(user_id, disabled)
     return user
 

@@ -14,7 +14,7 @@ from litestar.params import JSONBody, URLEncodedBody
 from exchange.auth.emails import checked_email, normal_email
 from exchange.auth.security import AuthUser, check_password_rules, hash_password, issue_token, verify_password
 from exchange.http.bodies import form_body_only
-from exchange.http.errors import ExchangeError, documented
+from exchange.http.errors import HTTPError, documented
 from exchange.schemas import RegisterRequest, Token, TokenForm, User
 from exchange.store import repository as repo
 
@@ -76,7 +76,7 @@ async def token(
         raise invalid_credentials()
     await limiter.login_succeeded(ip, email)
     if credentials.disabled:
-        raise ExchangeError("user_disabled", "this account is disabled", 403)
+        raise HTTPError("user_disabled", "this account is disabled", 403)
     settings = state.settings
     body = Token(
         access_token=issue_token(settings, credentials.id, credentials.role),
@@ -85,8 +85,8 @@ async def token(
     return Response(body, headers={"Cache-Control": "no-store"})
 
 
-def invalid_credentials() -> ExchangeError:
-    return ExchangeError(
+def invalid_credentials() -> HTTPError:
+    return HTTPError(
         "invalid_credentials",
         "wrong email or password",
         401,

@@ -13,7 +13,7 @@ from litestar.datastructures import State
 from litestar.exceptions import WebSocketDisconnect
 from litestar.params import FromQuery, PathParameter, QueryParameter
 
-from exchange.http.errors import ErrorDetail, ExchangeError, documented
+from exchange.http.errors import ErrorDetail, HTTPError, documented
 from exchange.prices.cache import PriceCache
 from exchange.prices.stream import PriceStream, Subscriber, TooManyClients
 from exchange.schemas import SYMBOL_PATTERN, Price, StreamError
@@ -25,9 +25,9 @@ CLOSE_TRY_LATER = 1013
 CLOSE_WAIT_SECONDS = 1.0
 
 
-def unknown_symbol(symbols: list[str]) -> ExchangeError:
+def unknown_symbol(symbols: list[str]) -> HTTPError:
     names = ", ".join(symbols)
-    return ExchangeError("unknown_symbol", f"unknown symbol {names}", 404, {"symbols": symbols})
+    return HTTPError("unknown_symbol", f"unknown symbol {names}", 404, {"symbols": symbols})
 
 
 def market_symbol(symbol: str, cache: PriceCache) -> str:
@@ -85,7 +85,7 @@ async def price_stream(socket: WebSocket[Any, Any, State], symbols: FromQuery[st
     try:
         names = _followed_symbols(symbols, cache, state.settings.ws_max_symbols)
         client = stream.subscribe(names)
-    except ExchangeError as exc:
+    except HTTPError as exc:
         await _refuse(socket, exc.code, exc.message, CLOSE_POLICY, exc.details)
         return
     except TooManyClients:
@@ -105,7 +105,7 @@ def _followed_symbols(raw: str | None, cache: PriceCache, max_symbols: int) -> l
     # error message and close (a failed parameter refuses the handshake with a bare 403).
     if raw is not None and len(raw) > SYMBOLS_MAX_CHARS:
         message = f"symbols is longer than {SYMBOLS_MAX_CHARS} characters"
-        raise ExchangeError(
+        raise HTTPError(
             "validation_error", message, 400, {"field": "symbols", "max_length": SYMBOLS_MAX_CHARS}
         )
     if raw is None or not raw.strip():
@@ -113,7 +113,7 @@ def _followed_symbols(raw: str | None, cache: PriceCache, max_symbols: int) -> l
     else:
         names = list(dict.fromkeys(part.strip().upper() for part in raw.split(",")))
     if len(names) > max_symbols:
-        raise ExchangeError(
+        raise HTTPError(
             "too_many_symbols", f"at most {max_symbols} symbols per connection", 400, {"max": max_symbols}
         )
     unknown = [name[:20] for name in names if not _SYMBOL.match(name) or name not in cache.symbols]

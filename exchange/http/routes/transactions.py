@@ -9,7 +9,7 @@ from litestar.datastructures import State
 from litestar.params import PathParameter, QueryParameter
 
 from exchange.auth.security import AuthUser
-from exchange.http.errors import ExchangeError, documented
+from exchange.http.errors import HTTPError, documented
 from exchange.schemas import ASSET_PATTERN, ID_MAX, Transaction, TransactionKindFilter, TransactionPage
 from exchange.store import repository as repo
 
@@ -64,5 +64,5 @@ async def get_transaction(
     transaction = await repo.transaction_for_user(state.pool, transaction_id, request.user.id)
     if transaction is None:
         # Another user's transaction is answered exactly like a missing one.
-        raise ExchangeError("not_found", "no such transaction", 404)
+        raise HTTPError("not_found", "no such transaction", 404)
     return transaction

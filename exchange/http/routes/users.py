@@ -6,7 +6,7 @@ from litestar import Request, get
 from litestar.datastructures import State
 
 from exchange.auth.security import AuthUser
-from exchange.http.errors import ExchangeError, documented
+from exchange.http.errors import HTTPError, documented
 from exchange.schemas import Me
 from exchange.store import repository as repo
 
@@ -23,7 +23,7 @@ async def me(request: Request[AuthUser, str, State], state: State) -> Me:
     user_id = request.user.id
     user = await repo.user_by_id(state.pool, user_id)
     if user is None:
-        raise ExchangeError("unauthorized", "the access token names no user", 401)
+        raise HTTPError("unauthorized", "the access token names no user", 401)
     wallets = await repo.wallets_for_user(state.pool, user_id)
     recent = await repo.transactions_for_user(
         state.pool, user_id, before=None, kind=None, asset=None, limit=RECENT_TRANSACTIONS

@@ -11,7 +11,7 @@ from litestar.openapi.spec import Example
 from litestar.params import HeaderParameter, JSONBody, PathParameter
 
 from exchange.auth.security import AuthUser
-from exchange.http.errors import ExchangeError, documented
+from exchange.http.errors import HTTPError, documented
 from exchange.http.responses import ExchangeResponse
 from exchange.ledger.batches import Movement
 from exchange.ops.metrics import note_movement
@@ -44,8 +44,8 @@ def asset_code(asset: str) -> str:
     return asset.upper()
 
 
-def unknown_asset(code: str) -> ExchangeError:
-    return ExchangeError("unknown_asset", f"unknown asset {code}", 404, {"asset": code})
+def unknown_asset(code: str) -> HTTPError:
+    return HTTPError("unknown_asset", f"unknown asset {code}", 404, {"asset": code})
 
 
 @get(
