@@ -5,6 +5,7 @@ commit in one call, yet each answers, fails and replays exactly as it would alon
 from __future__ import annotations
 
 import asyncio
+import inspect
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -18,7 +19,7 @@ from conftest import audit
 from prometheus_client import REGISTRY
 
 from exchange.config import Settings
-from exchange.ledger.batches import Movement, MovementBatches
+from exchange.ledger.batches import BATCH_PARAMETERS, Movement, MovementBatches
 from exchange.ledger.errors import SQLSTATE_CODES
 from exchange.store import repository as repo
 from exchange.store.db import FairPool, create_pool
@@ -45,16 +46,22 @@ async def new_users(pool: FairPool, count: int, usdt: str | None = None) -> list
 
 
 def deposit(user_id: int, amount: str, key: str | None = None, asset: str = "USDT") -> Movement:
-    return Movement("deposit", user_id, asset, Decimal(amount), key or secrets.token_hex(8))
+    return Movement(
+        kind="deposit",
+        user_id=user_id,
+        subject=asset,
+        amount=Decimal(amount),
+        idempotency_key=key or secrets.token_hex(8),
+    )
 
 
 def buy(user_id: int, quantity: str, valid_for_s: float = 10.0) -> Movement:
     return Movement(
-        "buy",
-        user_id,
-        "BTCUSDT",
-        Decimal(quantity),
-        secrets.token_hex(8),
+        kind="buy",
+        user_id=user_id,
+        subject="BTCUSDT",
+        amount=Decimal(quantity),
+        idempotency_key=secrets.token_hex(8),
         price=PRICE,
         price_at=datetime.now(UTC),
         price_valid_until=time.monotonic() + valid_for_s,
@@ -116,7 +123,16 @@ async def test_a_movement_that_fails_fails_alone_with_its_own_error(pool: FairPo
 
     results = await asyncio.gather(
         outcome(batches, deposit(ok, "1")),
-        outcome(batches, Movement("withdrawal", poor, "USDT", Decimal("100.01"), secrets.token_hex(8))),
+        outcome(
+            batches,
+            Movement(
+                kind="withdrawal",
+                user_id=poor,
+                subject="USDT",
+                amount=Decimal("100.01"),
+                idempotency_key=secrets.token_hex(8),
+            ),
+        ),
         outcome(batches, deposit(unknown, "1", asset="NOPE")),
         outcome(batches, deposit(reused, "6", used_key)),
         outcome(batches, buy(late, "0.0002", valid_for_s=-0.001)),
@@ -155,7 +171,17 @@ async def test_an_error_is_the_one_the_movement_alone_raises(pool: FairPool) -> 
 
     for amount, key in ((Decimal("5"), secrets.token_hex(8)), (Decimal("2"), reused_key)):
         batched, made = await asyncio.gather(
-            refusal(batches.move(Movement("withdrawal", in_batch, "USDT", amount, key))),
+            refusal(
+                batches.move(
+                    Movement(
+                        kind="withdrawal",
+                        user_id=in_batch,
+                        subject="USDT",
+                        amount=amount,
+                        idempotency_key=key,
+                    )
+                )
+            ),
             batches.move(deposit(other, "1")),
         )
         expected = await refusal(repo.withdraw(pool, alone, "USDT", amount, key))
@@ -246,3 +272,16 @@ async def test_a_movement_sent_alone_on_a_locked_wallet_does_not_hold_its_lane(
         finally:
             await transaction.rollback()
         assert (await asyncio.wait_for(waiting, 5))[0].balance_after == Decimal("11.00")
+
+
+async def test_a_movement_is_built_by_keyword_and_its_fields_reach_the_sql_parameters_of_their_name(
+    db: asyncpg.Pool,
+) -> None:
+    with pytest.raises(TypeError):
+        Movement("deposit", 1, "USDT", Decimal(1), "key")  # type: ignore[misc]
+    names = await db.fetchval("SELECT proargnames FROM pg_proc WHERE proname = 'movements'")
+    assert names == [name for name, _ in BATCH_PARAMETERS]
+    # A movement alone goes through buy()/sell(): repository.trade's parameters, by name.
+    trade_names = await db.fetchval("SELECT proargnames FROM pg_proc WHERE proname = 'buy'")
+    python_names = list(inspect.signature(repo.trade).parameters)[2:]  # after pool and side
+    assert [n.removeprefix("p_").replace("max_price", "price_guard") for n in trade_names] == python_names

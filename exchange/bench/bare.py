@@ -38,7 +38,9 @@ async def select1(state: State) -> dict[str, int]:
 
 @post("/deposit/{user_id:int}", status_code=201)
 async def deposit(user_id: int, state: State) -> dict[str, str]:
-    movement = Movement("deposit", user_id, "USDT", ONE, secrets.token_hex(8))
+    movement = Movement(
+        kind="deposit", user_id=user_id, subject="USDT", amount=ONE, idempotency_key=secrets.token_hex(8)
+    )
     transaction, _ = await state.movements.move(movement)
     return {"id": str(transaction.id), "balance_after": str(transaction.balance_after)}
 

@@ -24,9 +24,11 @@ import asyncio
 import math
 import time
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 import asyncpg
 from asyncpg.exceptions._base import DataError as ClientDataError
@@ -43,20 +45,22 @@ LOCK_NOT_AVAILABLE = "55P03"
 BATCH_WAIT_SECONDS = 0.2
 
 
-class Movement(NamedTuple):
-    """One money movement, as the SQL functions take it."""
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Movement:
+    """One money movement, as the SQL functions take it. Built by keyword only: two
+    swapped arguments of one type would move money wrongly and still type-check."""
 
     kind: str  # 'deposit', 'withdrawal', 'buy' or 'sell'
     user_id: int
     subject: str  # the asset (deposit, withdrawal) or the symbol (buy, sell)
     amount: Decimal | None  # the amount, or a trade's quantity
-    idempotency_key: str
     quote_quantity: Decimal | None = None
     price_guard: Decimal | None = None
     price: Decimal | None = None
     price_at: datetime | None = None
     # time.monotonic() past which the price may not be used (None: no price).
     price_valid_until: float | None = None  # float-ok: a time, not money
+    idempotency_key: str
 
     def price_valid_ms(self) -> int | None:
         """How much longer the price may be used, counted when the call is sent."""
@@ -65,41 +69,53 @@ class Movement(NamedTuple):
         return math.floor((self.price_valid_until - time.monotonic()) * 1000)
 
 
+# movements()'s parameters (sql/functions/movement_batches.sql), in order, and what each
+# array holds of every movement: the one place the two orders meet (a test compares
+# the names with the function's own, pg_proc.proargnames).
+BATCH_PARAMETERS: tuple[tuple[str, Callable[[Movement], Any]], ...] = (
+    ("p_kinds", lambda m: m.kind),
+    ("p_user_ids", lambda m: m.user_id),
+    ("p_subjects", lambda m: m.subject),
+    ("p_amounts", lambda m: m.amount),
+    ("p_quote_quantities", lambda m: m.quote_quantity),
+    ("p_price_guards", lambda m: m.price_guard),
+    ("p_prices", lambda m: m.price),
+    ("p_price_ats", lambda m: m.price_at),
+    ("p_price_valid_ms", lambda m: m.price_valid_ms()),
+    ("p_keys", lambda m: m.idempotency_key),
+)
+
+
 async def move_alone(executor: repo.Executor, movement: Movement) -> Answer:
     """The movement through its own function (sql/queries/deposit.sql...)."""
     if movement.kind in ("deposit", "withdrawal"):
         move = repo.deposit if movement.kind == "deposit" else repo.withdraw
         amount = cast(Decimal, movement.amount)
-        return await move(executor, movement.user_id, movement.subject, amount, movement.idempotency_key)
+        return await move(
+            executor,
+            user_id=movement.user_id,
+            asset=movement.subject,
+            amount=amount,
+            idempotency_key=movement.idempotency_key,
+        )
     return await repo.trade(
         executor,
-        "buy" if movement.kind == "buy" else "sell",
-        movement.user_id,
-        movement.subject,
-        movement.amount,
-        movement.quote_quantity,
-        movement.price_guard,
-        movement.price,
-        movement.price_at,
-        movement.price_valid_ms(),
-        movement.idempotency_key,
+        side="buy" if movement.kind == "buy" else "sell",
+        user_id=movement.user_id,
+        symbol=movement.subject,
+        quantity=movement.amount,
+        quote_quantity=movement.quote_quantity,
+        price_guard=movement.price_guard,
+        price=movement.price,
+        price_at=movement.price_at,
+        price_valid_ms=movement.price_valid_ms(),
+        idempotency_key=movement.idempotency_key,
     )
 
 
 def columns(movements: list[Movement]) -> list[list[Any]]:
     """movements()'s ten arrays, one element per movement."""
-    return [
-        [m.kind for m in movements],
-        [m.user_id for m in movements],
-        [m.subject for m in movements],
-        [m.amount for m in movements],
-        [m.quote_quantity for m in movements],
-        [m.price_guard for m in movements],
-        [m.price for m in movements],
-        [m.price_at for m in movements],
-        [m.price_valid_ms() for m in movements],
-        [m.idempotency_key for m in movements],
-    ]
+    return [[value(m) for m in movements] for _, value in BATCH_PARAMETERS]
 
 
 def error_of(row: asyncpg.Record) -> asyncpg.PostgresError:

@@ -98,16 +98,16 @@ async def place_order(
         # wait for the wallets' locks, checked in SQL; zero or less refuses the price
         # there, unless the order replays an earlier one.
         movement = Movement(
-            data.side,
-            request.user.id,
-            symbol,
-            quantity,
-            idempotency_key,
-            quote_quantity,
-            guard,
-            None if price is None else price.price,
-            None if price is None else price.fetched_at,
-            None if price is None else read_at + (max_age_ms - price.age_ms) / 1000,
+            kind=data.side,
+            user_id=request.user.id,
+            subject=symbol,
+            amount=quantity,
+            quote_quantity=quote_quantity,
+            price_guard=guard,
+            price=None if price is None else price.price,
+            price_at=None if price is None else price.fetched_at,
+            price_valid_until=None if price is None else read_at + (max_age_ms - price.age_ms) / 1000,
+            idempotency_key=idempotency_key,
         )
         trade, replayed = await state.movements.move(movement)
     # Both balances as the trade left them (stored on it, so a replay answers the same).

@@ -117,7 +117,9 @@ async def _move(
     code, amount = asset_code(asset), data.checked_amount()
     await state.rate_limiter.take_movement(request.user.id)  # before any lock is waited for
     async with state.user_turns.turn(request.user.id):
-        movement = Movement(kind, request.user.id, code, amount, idempotency_key)
+        movement = Movement(
+            kind=kind, user_id=request.user.id, subject=code, amount=amount, idempotency_key=idempotency_key
+        )
         transaction, replayed = await state.movements.move(movement)
     headers = {"Idempotency-Replayed": "true"} if replayed else None
     return ExchangeResponse(transaction, status_code=201, headers=headers)
