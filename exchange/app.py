@@ -31,12 +31,13 @@ from exchange.http.openapi import schema_plugins
 from exchange.http.responses import ExchangeResponse
 from exchange.http.routes import auth, health, orders, prices, transactions, users, wallets
 from exchange.http.routes.admin import admin_router
+from exchange.http.routes.metrics import metrics_endpoint
 from exchange.http.security_headers import SecurityHeaders
 from exchange.ledger.batches import MovementBatches
 from exchange.ledger.turns import UserTurns
 from exchange.money import Money
 from exchange.ops.logs import configure_logging, skip_unused_record_fields
-from exchange.ops.metrics import metrics_endpoint, worker_stopped
+from exchange.ops.metrics import feed_leadership_changed, worker_stopped
 from exchange.prices.binance import BinanceClient, create_http_client
 from exchange.prices.cache import PriceCache
 from exchange.prices.feed import PriceFeed
@@ -185,6 +186,7 @@ def price_feed(settings: Settings, redis: aioredis.Redis, cache: PriceCache) -> 
         prefix=settings.redis_prefix,
         poll_ms=settings.price_poll_ms,
         lease_ms=settings.price_feed_lease_ms,
+        on_leadership=feed_leadership_changed,
     )
 
 

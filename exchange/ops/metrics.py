@@ -12,23 +12,16 @@ incrementing them), so a request pays for two increments and one observation.
 
 from __future__ import annotations
 
-import asyncio
 import glob
-import hmac
 import os
 import re
-import time
 from collections.abc import Iterator
 from typing import Any
 
-from litestar import Request, Response, get
-from litestar.datastructures import State
+from litestar import Request
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
-
-from exchange.http.errors import HTTPError, documented
-from exchange.prices.binance import Quote
 
 # Where a handler notes which money movement a request is (see note_movement).
 MOVEMENT_SCOPE_KEY = "exchange.movement"
@@ -126,14 +119,15 @@ def note_movement(request: Request[Any, Any, Any], kind: str) -> None:
     request.scope[MOVEMENT_SCOPE_KEY] = kind  # type: ignore[literal-required]
 
 
-def price_ages(quotes: dict[str, Quote], now_ms: int) -> GaugeMetricFamily:
+def price_ages(fetched_at_ms: dict[str, int], now_ms: int) -> GaugeMetricFamily:
+    """Each market's price age at scrape time, from when Binance gave it."""
     family = GaugeMetricFamily(
         "exchange_price_age_seconds",
         "Age of the cached price of each market, from the time Binance gave it, at scrape time.",
         labels=["symbol"],
     )
-    for symbol in sorted(quotes):
-        family.add_metric([symbol], max(0, now_ms - quotes[symbol].fetched_at_ms) / 1000)
+    for symbol in sorted(fetched_at_ms):
+        family.add_metric([symbol], max(0, now_ms - fetched_at_ms[symbol]) / 1000)
     return family
 
 
@@ -177,6 +171,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def feed_leadership_changed(leading: bool) -> None:
+    """The price feed's callback: this worker took (or lost) the feed's lease."""
+    FEED_LEADER.inc(1 if leading else -1)
+
+
 def worker_stopped() -> None:
     """A worker that stops cleanly takes its live gauges out at once."""
     if MULTIPROCESS_DIR:
@@ -185,34 +184,3 @@ def worker_stopped() -> None:
 
 def render(prices: GaugeMetricFamily) -> bytes:
     return generate_latest(_Scrape(prices))  # type: ignore[arg-type]
-
-
-@get(
-    "/metrics",
-    tags=["operations"],
-    summary="Prometheus metrics of every worker of this server",
-    description="The Prometheus text format. With METRICS_TOKEN set, send "
-    "`Authorization: Bearer <METRICS_TOKEN>`. Without it: open in development, closed (401) "
-    "with EXCHANGE_ENV=production: it shows business volume and failed logins.",
-    media_type=CONTENT_TYPE,
-    responses=documented(401),
-)
-async def metrics_endpoint(request: Request[Any, Any, State], state: State) -> Response[bytes]:
-    settings = state.settings
-    token = settings.metrics_token
-    if not token and settings.exchange_env == "production":
-        raise HTTPError(
-            "unauthorized",
-            "/metrics is closed in production until METRICS_TOKEN is set",
-            401,
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    given = request.headers.get("authorization", "").encode("latin-1")
-    if token and not hmac.compare_digest(given, f"Bearer {token}".encode()):
-        raise HTTPError(
-            "unauthorized", "this endpoint needs METRICS_TOKEN", 401, headers={"WWW-Authenticate": "Bearer"}
-        )
-    prices = price_ages(await state.prices.read_all(), int(time.time() * 1000))
-    # The multiprocess collector reads every worker's files: off the event loop.
-    body = await asyncio.to_thread(render, prices)
-    return Response(body, media_type=CONTENT_TYPE)

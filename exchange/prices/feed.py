@@ -15,13 +15,13 @@ import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from decimal import Decimal
 
 import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from exchange.ops.metrics import FEED_LEADER
 from exchange.ops.redis_loops import Loops
 from exchange.prices.binance import PriceUnavailable, Quote
 from exchange.prices.cache import RELEASE_IF_HOLDER, PriceCache
@@ -59,6 +59,7 @@ class PriceFeed:
         prefix: str,
         poll_ms: int,
         lease_ms: int,
+        on_leadership: Callable[[bool], None] = lambda leading: None,
     ) -> None:
         self._redis = redis
         self._cache = cache
@@ -70,6 +71,7 @@ class PriceFeed:
         self._release = redis.register_script(RELEASE_IF_HOLDER)
         self.worker_id = secrets.token_hex(8)
         self._is_leader = False
+        self._on_leadership = on_leadership  # told when this worker takes or loses the lease
         self.polls = 0
         self._published: dict[str, Decimal] = {}
         self._loops = Loops()
@@ -81,7 +83,7 @@ class PriceFeed:
     @is_leader.setter
     def is_leader(self, value: bool) -> None:
         if value != self._is_leader:
-            FEED_LEADER.inc(1 if value else -1)
+            self._on_leadership(value)
         self._is_leader = value
 
     def start(self) -> None:

@@ -5,14 +5,12 @@ else the price cache), so no network call happens while the database holds the u
 wallets locked; the function stores the price it was given on the transaction, and
 refuses it if waiting for the locks made it older than TRADE_PRICE_MAX_AGE_MS. Market
 rules (step, minimum notional, active) and the price guard are checked in SQL
-(sql/migrations/003_trade.sql).
+(sql/functions/trades.sql). Which price a trade uses is exchange/prices/trade_price.py's rule.
 """
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Mapping
 
 from litestar import Request, post
 from litestar.datastructures import State
@@ -24,42 +22,8 @@ from exchange.http.responses import ExchangeResponse
 from exchange.http.routes.wallets import IdempotencyKey
 from exchange.ledger.batches import Movement
 from exchange.ops.metrics import note_movement
-from exchange.prices.binance import PriceUnavailable, Quote
-from exchange.prices.cache import PriceCache, as_price
-from exchange.schemas import OrderRequest, OrderResult, Price, Wallet
-
-log = logging.getLogger("exchange.orders")
-
-
-async def trade_price(
-    cache: PriceCache, latest: Mapping[str, Quote], symbol: str, max_age_ms: int
-) -> Price | None:
-    """The price to trade at, or None if there is none at most max_age_ms old (the trade
-    is refused with price_unavailable, unless it replays an earlier one).
-
-    First this worker's copy of the latest published quote (kept current by the price
-    channel, so the common case costs no Redis round trip), used while the cache would
-    call it fresh; else the cache, which reads Redis and refreshes if needed."""
-    price = published_price(latest, symbol, cache.fresh_ms)
-    if price is not None:
-        return price
-    if symbol not in cache.symbols:
-        return None  # unknown market (SQL says so) or one added since this worker started
-    try:
-        price = await cache.price(symbol)
-    except PriceUnavailable as exc:
-        log.debug("no price for %s: %s", symbol, exc.reason)  # the cache logs the outage itself
-        return None
-    return price if price.age_ms <= max_age_ms else None
-
-
-def published_price(latest: Mapping[str, Quote], symbol: str, fresh_ms: int) -> Price | None:
-    """This worker's copy of the symbol's last published quote, if still fresh (no I/O)."""
-    quote = latest.get(symbol)
-    if quote is None:
-        return None
-    price = as_price(quote, fresh_ms)
-    return None if price.stale else price
+from exchange.prices.trade_price import newer_published_price, trade_price
+from exchange.schemas import OrderRequest, OrderResult, Wallet
 
 
 @post(
@@ -90,9 +54,9 @@ async def place_order(
     read_at = time.monotonic()
     async with state.user_turns.turn(request.user.id):
         # A newer publication may have come while this order waited for its turn.
-        published = published_price(latest, symbol, state.prices.fresh_ms)
-        if published is not None and (price is None or published.fetched_at > price.fetched_at):
-            price, read_at = published, time.monotonic()
+        newer = newer_published_price(state.prices, latest, symbol, price)
+        if newer is not None:
+            price, read_at = newer, time.monotonic()
         # The price may be used until it is max_age_ms old: what is left of that when
         # the call is sent (after the waits for a batch and a connection) bounds the
         # wait for the wallets' locks, checked in SQL; zero or less refuses the price
