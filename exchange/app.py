@@ -21,11 +21,11 @@ from exchange import __version__
 from exchange.auth.denylist import Denylist
 from exchange.auth.ratelimit import RateLimiter, limits_from, login_limits_from, movement_quota_from
 from exchange.auth.security import BearerAuthMiddleware, VerifiedTokens, hash_password
-from exchange.config import Settings, settings_from_env
+from exchange.config import Settings, settings_from_env, trusted_networks
 from exchange.http.api_docs import SwaggerPage
 from exchange.http.bodies import ExchangeRequest
 from exchange.http.errors import exception_handlers
-from exchange.http.forwarded import ForwardedClient, trusted_networks
+from exchange.http.forwarded import ForwardedClient
 from exchange.http.middleware import observe
 from exchange.http.openapi import schema_plugins
 from exchange.http.responses import ExchangeResponse

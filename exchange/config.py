@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import os
@@ -11,7 +12,18 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from exchange.http.forwarded import trusted_networks
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def trusted_networks(spec: str) -> tuple[Network, ...]:
+    """FORWARDED_ALLOW_IPS (`10.0.0.5, 172.16.0.0/12, ::1`) as networks; ValueError
+    names an entry that is neither an address nor a network ("*" included)."""
+    networks = []
+    for entry in (part.strip() for part in spec.split(",")):
+        if entry:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+    return tuple(networks)
+
 
 log = logging.getLogger("exchange.config")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 
@@ -286,6 +286,13 @@ class StreamError(msgspec.Struct, tag="error", tag_field="type"):
     """Sent before the server closes a WebSocket: {"type": "error", "error": {...}}."""
 
     error: ErrorDetail
+
+
+class StoredEmail(NamedTuple):
+    """A user's email as stored, for exchange check-emails (exchange/auth/emails.py)."""
+
+    id: int
+    email: str
 
 
 class Health(msgspec.Struct):

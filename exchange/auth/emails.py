@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from exchange.errors import ExchangeError
+from exchange.schemas import StoredEmail
 
 EMAIL_MAX_LENGTH = 254  # as users.email's CHECK
 INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
@@ -69,11 +70,6 @@ def _invalid_character(character: str, category: str) -> ExchangeError:
         f"left over after NFKC (found U+{ord(character):04X} {name})",
         {"character": f"U+{ord(character):04X}", "category": category},
     )
-
-
-class StoredEmail(NamedTuple):
-    id: int
-    email: str
 
 
 class EmailReport(NamedTuple):

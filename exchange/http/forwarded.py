@@ -20,21 +20,12 @@ import ipaddress
 
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from exchange.config import Network
+
 # Proxies in front of the server, at most; entries further left are never read.
 MAX_HOPS = 8
 # The longest IPv6 text form is 45 characters; anything longer is not an address.
 ADDRESS_MAX_CHARS = 45
-
-
-def trusted_networks(spec: str) -> tuple[Network, ...]:
-    """FORWARDED_ALLOW_IPS (`10.0.0.5, 172.16.0.0/12, ::1`) as networks; ValueError
-    names an entry that is neither an address nor a network ("*" included)."""
-    networks = []
-    for entry in (part.strip() for part in spec.split(",")):
-        if entry:
-            networks.append(ipaddress.ip_network(entry, strict=False))
-    return tuple(networks)
 
 
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -13,8 +13,7 @@ from typing import Any, Literal
 import asyncpg
 import msgspec
 
-from exchange.auth.emails import StoredEmail
-from exchange.schemas import HouseBalance, Transaction, User, Violation, Wallet
+from exchange.schemas import HouseBalance, StoredEmail, Transaction, User, Violation, Wallet
 from exchange.store.db import FairPool
 from exchange.store.queries import Q
 
