@@ -3,7 +3,7 @@ over HTTP, each answer checked against an in-memory Decimal model (tests/market_
 status, code, amounts, fees and balances to the last unit; the audit after each sequence.
 
 Bounded for the suite (profile `bounded`: 40 sequences, a few seconds, no shrinking);
-`HYPOTHESIS_PROFILE=thorough pytest tests/test_properties.py` runs 1,000 and shrinks."""
+`HYPOTHESIS_PROFILE=thorough pytest tests/api/test_properties.py` runs 1,000 and shrinks."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from exchange.errors import ExchangeError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_the_import_contracts_are_kept() -> None:

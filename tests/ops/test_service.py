@@ -171,7 +171,7 @@ async def test_exchange_migrate_applies_pending_files_once(service_urls: tuple[s
 
 
 def test_readme_documents_every_setting() -> None:
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (Path(__file__).parent.parent.parent / "README.md").read_text()
     for field in msgspec.structs.fields(Settings):
         assert f"`{field.name.upper()}`" in readme, field.name
 

@@ -27,7 +27,7 @@ from exchange.store.function_files import (
 )
 from exchange.store.queries import SQL_DIR
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # The migration that moved every function into sql/functions/; none after it defines one.
 MOVED_AT = "011"
 CREATES_CODE = re.compile(r"^\s*CREATE\s+(OR\s+REPLACE\s+)?(FUNCTION|PROCEDURE|VIEW|TRIGGER)\b", re.M | re.I)

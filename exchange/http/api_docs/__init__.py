@@ -4,7 +4,7 @@ Litestar's render plugins load Swagger UI from a public CDN and start it with an
 script, so on a machine without internet the page stays blank, and a Content-Security-
 Policy of 'self' would block it anyway. This page references only files under
 /schema/assets/, served from assets/ here: Swagger UI's own files (swagger-ui-dist,
-vendored with its licence by scripts/vendor-swagger-ui) and swagger-initializer.js,
+vendored with its licence by exchange/http/api_docs/vendor-swagger-ui) and swagger-initializer.js,
 which starts it on the OpenAPI document. No inline script or style, no external URL.
 """
 
