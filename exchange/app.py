@@ -11,6 +11,7 @@ import httpx
 import redis.asyncio as aioredis
 import redis.exceptions
 from litestar import Litestar, Router
+from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, OAuthFlow, OAuthFlows, SecurityScheme
@@ -20,9 +21,10 @@ from redis.backoff import NoBackoff
 from exchange import __version__
 from exchange.auth.denylist import Denylist
 from exchange.auth.ratelimit import RateLimiter, limits_from, login_limits_from, movement_quota_from
-from exchange.auth.security import BearerAuthMiddleware, VerifiedTokens, hash_password
+from exchange.auth.security import VerifiedTokens, hash_password
 from exchange.config import Settings, settings_from_env, trusted_networks
 from exchange.http.api_docs import SwaggerPage
+from exchange.http.authentication import BearerAuthMiddleware
 from exchange.http.bodies import ExchangeRequest
 from exchange.http.errors import exception_handlers
 from exchange.http.forwarded import ForwardedClient
@@ -33,6 +35,7 @@ from exchange.http.routes import auth, health, orders, prices, transactions, use
 from exchange.http.routes.admin import admin_router
 from exchange.http.routes.metrics import metrics_endpoint
 from exchange.http.security_headers import SecurityHeaders
+from exchange.http.services import Services, services_of
 from exchange.ledger.batches import MovementBatches
 from exchange.ledger.turns import UserTurns
 from exchange.money import Money
@@ -64,12 +67,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        state = app.state
-        state.settings = settings
-        state.pool = await create_pool(settings)
+        pool = await create_pool(settings)
         # A blocking pool: under a burst, requests wait (up to the timeout) for a free
         # connection instead of failing as if Redis were down.
-        state.redis = aioredis.Redis(
+        redis = aioredis.Redis(
             connection_pool=aioredis.BlockingConnectionPool.from_url(
                 settings.redis_url,
                 max_connections=settings.redis_max_connections,
@@ -79,45 +80,52 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 retry=REDIS_RETRY,
             )
         )
-        state.rate_limiter = RateLimiter(
-            state.redis,
-            settings.redis_prefix,
-            limits_from(settings),
-            login_limits_from(settings),
-            movement_quota_from(settings),
+        denylist = Denylist(pool, redis, prefix=settings.redis_prefix, reload_ms=settings.auth_reload_ms)
+        await denylist.start()
+        http = create_http_client(settings)
+        prices = price_cache(settings, redis, http, await repo.market_symbols(pool))
+        services = Services(
+            settings=settings,
+            pool=pool,
+            redis=redis,
+            rate_limiter=RateLimiter(
+                redis,
+                settings.redis_prefix,
+                limits_from(settings),
+                login_limits_from(settings),
+                movement_quota_from(settings),
+            ),
+            verified_tokens=VerifiedTokens(settings),
+            denylist=denylist,
+            # Logins for unknown emails check against this, so they take as long as real ones.
+            dummy_password_hash=await hash_password("not-a-real-password", settings.bcrypt_rounds),
+            user_turns=UserTurns(max_wait_ms=settings.db_lock_timeout_ms),
+            movements=MovementBatches.from_settings(pool, settings),
+            http=http,
+            prices=prices,
+            price_stream=PriceStream(
+                redis,
+                prefix=settings.redis_prefix,
+                fresh_ms=settings.price_cache_ttl_ms,
+                max_clients=settings.ws_max_connections,
+                queue_size=settings.ws_queue_size,
+                current=prices.read_all,
+            ),
+            price_feed=price_feed(settings, redis, prices),
         )
-        state.verified_tokens = VerifiedTokens(settings)
-        state.user_turns = UserTurns(max_wait_ms=settings.db_lock_timeout_ms)
-        state.movements = MovementBatches.from_settings(state.pool, settings)
-        state.denylist = Denylist(
-            state.pool, state.redis, prefix=settings.redis_prefix, reload_ms=settings.auth_reload_ms
-        )
-        await state.denylist.start()
-        # Logins for unknown emails check against this, so they take as long as real ones.
-        state.dummy_password_hash = await hash_password("not-a-real-password", settings.bcrypt_rounds)
-        state.http = create_http_client(settings)
-        state.prices = price_cache(settings, state.redis, state.http, await repo.market_symbols(state.pool))
-        state.price_stream = PriceStream(
-            state.redis,
-            prefix=settings.redis_prefix,
-            fresh_ms=settings.price_cache_ttl_ms,
-            max_clients=settings.ws_max_connections,
-            queue_size=settings.ws_queue_size,
-            current=state.prices.read_all,
-        )
-        state.price_feed = price_feed(settings, state.redis, state.prices)
-        state.price_stream.start()
+        app.state.services = services
+        services.price_stream.start()
         if settings.price_poll_ms:
-            state.price_feed.start()
+            services.price_feed.start()
         try:
             yield
         finally:
-            await state.price_feed.stop()
-            await state.price_stream.stop()
-            await state.denylist.stop()
-            await state.http.aclose()
-            await state.redis.aclose()
-            await state.pool.close()
+            await services.price_feed.stop()
+            await services.price_stream.stop()
+            await services.denylist.stop()
+            await services.http.aclose()
+            await services.redis.aclose()
+            await services.pool.close()
             worker_stopped()
 
     public = Router(
@@ -143,6 +151,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     app = Litestar(
         route_handlers=[health.health, health.ready, metrics_endpoint, public, private],
+        dependencies={"services": Provide(services_of, sync_to_thread=False)},
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),
         request_max_body_size=settings.max_body_bytes,

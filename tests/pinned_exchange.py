@@ -30,7 +30,7 @@ class Exchange:
     async def set_prices(self, prices: dict[str, str]) -> None:
         """The stand-in moves to these prices, and the cache fetches them through httpx."""
         await self.fake.set_prices(prices, frozen=True)
-        await self.app.state.prices.refresh()
+        await self.app.state.services.prices.refresh()
 
     async def user(self, usdt: str | None = None) -> Account:
         account = await register_and_login(self.http)

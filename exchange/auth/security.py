@@ -10,13 +10,9 @@ from typing import Any
 import bcrypt
 import jwt
 import msgspec
-from litestar.connection import ASGIConnection
-from litestar.handlers.base import BaseRouteHandler
-from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
 from exchange.config import Settings
 from exchange.errors import ExchangeError
-from exchange.store import repository as repo
 
 # Pinned: a token naming any other algorithm (including "none") is refused.
 JWT_ALGORITHM = "HS256"
@@ -125,38 +121,6 @@ class VerifiedTokens:
             self._users.clear()
         self._users[token] = user
         return user
-
-
-class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
-    """Sets request.user from `Authorization: Bearer <JWT>`; 401 without a valid one,
-    or for a revoked token or a disabled user (checked in memory: exchange/auth/denylist.py)."""
-
-    async def authenticate_request(self, connection: ASGIConnection) -> AuthenticationResult:
-        header = connection.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise unauthorized("an access token is required (Authorization: Bearer <token>)")
-        state = connection.app.state
-        user = state.verified_tokens.user(token.strip())
-        state.denylist.check(user)
-        return AuthenticationResult(user=user, auth=token)
-
-
-async def admin_only(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-    """Guard: the caller must be an admin, by their token and by the database now.
-
-    The token's role may be as old as the token (JWT_TTL_SECONDS), and a demotion is a
-    DBA's `UPDATE users SET role = 'user'`: it must stop the admin at once, so the role
-    is read again (one primary-key look-up; admin calls are rare)."""
-    if connection.scope["method"] == "OPTIONS":
-        # Litestar's OPTIONS answer runs no handler (only `Allow`), and authentication
-        # skips it, so there is no user to check: without this it was a 500.
-        return
-    if connection.user.role != "admin":
-        raise forbidden()
-    user = await repo.user_by_id(connection.app.state.pool, connection.user.id)
-    if user is None or user.role != "admin":
-        raise forbidden()
 
 
 def forbidden() -> ExchangeError:

@@ -111,7 +111,7 @@ async def test_quote_quantity_trades_the_most_steps_its_notional_allows(exchange
 async def test_the_trade_uses_the_cached_price_and_stores_it_with_its_time(exchange: Exchange) -> None:
     carol = await exchange.user(usdt="500")
     await exchange.set_prices({"BTCUSDT": "61000.50"})
-    cached = await exchange.app.state.prices.read(["BTCUSDT"])
+    cached = await exchange.app.state.services.prices.read(["BTCUSDT"])
     # Binance has moved on, but the cached price is still young enough to trade on.
     await exchange.fake.set_prices({"BTCUSDT": "69999.99"}, frozen=True)
     upstream_before = await exchange.fake.upstream_requests()
@@ -134,13 +134,13 @@ async def test_the_trade_uses_the_published_price_this_worker_holds_while_it_is_
     async with exchange_server(settings, price_cache_ttl_ms=2_000, trade_price_max_age_ms=5_000) as exchange:
         dave = await exchange.user(usdt="500")
         await exchange.set_prices({"BTCUSDT": "60000.00"})  # what Redis holds
-        stream = exchange.app.state.price_stream
+        stream = exchange.app.state.services.price_stream
         await asyncio.wait_for(stream.subscribed.wait(), 5)
 
         async def publish(price: str, age_ms: int) -> None:
             quote = Quote("BTCUSDT", Decimal(price), now_ms() - age_ms)
-            channel = channel_name(exchange.app.state.settings.redis_prefix)
-            await exchange.app.state.redis.publish(channel, encode_quotes([quote]))
+            channel = channel_name(exchange.app.state.services.settings.redis_prefix)
+            await exchange.app.state.services.redis.publish(channel, encode_quotes([quote]))
             for _ in range(100):
                 if stream.latest.get("BTCUSDT") == quote:
                     return

@@ -219,7 +219,7 @@ async def test_logout_revokes_that_token_everywhere_and_no_other(
     account = await register_and_login(client)
     other_token = await login(client, account.email)
     async with own_server(settings, auth_reload_ms=600_000) as (second_app, second):
-        await asyncio.wait_for(second_app.state.denylist.subscribed.wait(), 10)
+        await asyncio.wait_for(second_app.state.services.denylist.subscribed.wait(), 10)
         assert (await me(second, account.headers)).status_code == 200
         # A stray message on the channel is ignored; the listener carries on.
         async with aioredis.from_url(settings.redis_url) as redis:
@@ -256,7 +256,7 @@ async def test_disabling_a_user_stops_their_tokens_on_every_worker(
     admin = await make_admin(client, db)
     user = await register_and_login(client)
     async with own_server(settings, auth_reload_ms=600_000) as (second_app, second):
-        await asyncio.wait_for(second_app.state.denylist.subscribed.wait(), 10)
+        await asyncio.wait_for(second_app.state.services.denylist.subscribed.wait(), 10)
         assert (await me(second, user.headers)).status_code == 200
 
         disabled = await client.post(f"/api/v1/admin/users/{user.id}/disable", headers=admin.headers)
@@ -368,7 +368,7 @@ async def _nothing_sent_to_redis(settings: Settings, redis: PrivateRedis) -> Non
     overrides = {"redis_url": redis.url, "price_poll_ms": 0, "auth_reload_ms": 600_000}
     async with own_server(settings, **overrides) as (app, http), aioredis.from_url(redis.url) as probe:
         account = await register_and_login(http)
-        await asyncio.wait_for(app.state.denylist.subscribed.wait(), 10)
+        await asyncio.wait_for(app.state.services.denylist.subscribed.wait(), 10)
         await asyncio.sleep(0.3)  # the catch-up reads after subscribing are done
 
         async def commands() -> int:
@@ -601,7 +601,7 @@ async def test_no_password_hash_or_token_in_logs_or_error_bodies(
             assert (
                 await call("GET", "/api/v1/wallets", headers={"Authorization": authorization})
             ).status_code == 401
-        dummy_hash = app.state.dummy_password_hash
+        dummy_hash = app.state.services.dummy_password_hash
 
     hashes: list[str] = [
         row["password_hash"]

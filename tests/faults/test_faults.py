@@ -455,7 +455,7 @@ async def test_redis_down_money_moves_prices_fall_back_nothing_fails_and_pushes_
                 deadline = time.monotonic() + 10
                 while (await receive(before_outage, 10))["price"] != "51234.50000000":
                     assert time.monotonic() < deadline, "no push after Redis came back"
-                assert app.state.price_feed.is_leader
+                assert app.state.services.price_feed.is_leader
                 cached = aioredis.from_url(redis_server.url)
                 try:
                     assert await cached.get(f"{configured.redis_prefix}price:BTCUSDT")
@@ -498,7 +498,7 @@ async def test_an_order_that_waits_for_a_database_connection_past_the_price_age_
     limits = {"price_cache_ttl_ms": 100, "trade_price_max_age_ms": 300}
     async with exchange_server(settings, db_pool_min_size=1, db_pool_max_size=1, **limits) as server:
         nina = await server.user(usdt="100")
-        async with server.app.state.pool.acquire():
+        async with server.app.state.services.pool.acquire():
             # Every connection is busy (a burst, or PostgreSQL coming back) for longer
             # than the price may be used: the order has its price, then waits.
             waiting = asyncio.create_task(

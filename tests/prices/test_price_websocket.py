@@ -42,7 +42,7 @@ async def price_server(
         )
         app = create_app(configured)
         async with serving(app, send_buffer_bytes) as url:
-            await asyncio.wait_for(app.state.price_stream.subscribed.wait(), 5)
+            await asyncio.wait_for(app.state.services.price_stream.subscribed.wait(), 5)
             yield url.replace("http://", "ws://") + "/api/v1/ws/prices", fake, app
 
 
@@ -111,7 +111,7 @@ async def test_connections_per_worker_are_bounded(settings: Settings) -> None:
         assert (await receive(first))["type"] == "price"
         error, code, _ = await refused(url)
         assert error["error"]["code"] == "too_many_connections" and code == 1013
-        assert app.state.price_stream.client_count == 1
+        assert app.state.services.price_stream.client_count == 1
 
 
 async def _silent_client(url: str) -> socket.socket:
@@ -143,7 +143,7 @@ async def test_a_client_too_slow_to_read_is_dropped_without_slowing_the_others(s
         _,
         app,
     ):
-        stream: PriceStream = app.state.price_stream
+        stream: PriceStream = app.state.services.price_stream
         async with connect(f"{url}?symbols=BTCUSDT", max_queue=None) as fast:
             slow = await _silent_client(url)
             try:
@@ -153,7 +153,7 @@ async def test_a_client_too_slow_to_read_is_dropped_without_slowing_the_others(s
                     await asyncio.sleep(0.01)
                 # A burst on the real channel, as the feed publishes it.
                 redis = aioredis.from_url(settings.redis_url)
-                channel = channel_name(app.state.settings.redis_prefix)
+                channel = channel_name(app.state.services.settings.redis_prefix)
                 fetched_at_ms = int(time.time() * 1000)
                 async with redis.pipeline(transaction=False) as pipe:
                     for n in range(1, messages + 1):

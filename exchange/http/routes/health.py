@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 
 from litestar import Response, get
-from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 
+from exchange.http.services import Services
 from exchange.schemas import Health, Readiness
 from exchange.store import repository as repo
 
@@ -25,9 +26,9 @@ async def health() -> Health:
     summary="Readiness: PostgreSQL and Redis answer",
     responses={503: ResponseSpec(data_container=Readiness, description="PostgreSQL or Redis is down")},
 )
-async def ready(state: State) -> Response[Readiness]:
-    postgres = await _probe(repo.ping(state.pool))
-    redis = await _probe(state.redis.ping())
+async def ready(services: NamedDependency[Services]) -> Response[Readiness]:
+    postgres = await _probe(repo.ping(services.pool))
+    redis = await _probe(services.redis.ping())
     ok = postgres == "ok" and redis == "ok"
     body = Readiness(status="ready" if ok else "unavailable", postgres=postgres, redis=redis)
     return Response(body, status_code=200 if ok else 503)

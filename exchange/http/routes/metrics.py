@@ -10,8 +10,10 @@ from typing import Any
 
 from litestar import Request, Response, get
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 
 from exchange.http.errors import HTTPError, documented
+from exchange.http.services import Services
 from exchange.ops.metrics import CONTENT_TYPE, price_ages, render
 
 
@@ -25,8 +27,10 @@ from exchange.ops.metrics import CONTENT_TYPE, price_ages, render
     media_type=CONTENT_TYPE,
     responses=documented(401),
 )
-async def metrics_endpoint(request: Request[Any, Any, State], state: State) -> Response[bytes]:
-    settings = state.settings
+async def metrics_endpoint(
+    request: Request[Any, Any, State], services: NamedDependency[Services]
+) -> Response[bytes]:
+    settings = services.settings
     token = settings.metrics_token
     if not token and settings.exchange_env == "production":
         raise HTTPError(
@@ -40,7 +44,7 @@ async def metrics_endpoint(request: Request[Any, Any, State], state: State) -> R
         raise HTTPError(
             "unauthorized", "this endpoint needs METRICS_TOKEN", 401, headers={"WWW-Authenticate": "Bearer"}
         )
-    quotes = await state.prices.read_all()
+    quotes = await services.prices.read_all()
     prices = price_ages({s: q.fetched_at_ms for s, q in quotes.items()}, int(time.time() * 1000))
     # The multiprocess collector reads every worker's files: off the event loop.
     body = await asyncio.to_thread(render, prices)

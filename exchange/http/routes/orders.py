@@ -14,12 +14,14 @@ import time
 
 from litestar import Request, post
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
 from exchange.auth.security import AuthUser
 from exchange.http.errors import documented
 from exchange.http.responses import ExchangeResponse
 from exchange.http.routes.wallets import IdempotencyKey
+from exchange.http.services import Services
 from exchange.ledger.batches import Movement
 from exchange.ops.metrics import note_movement
 from exchange.prices.trade_price import newer_published_price, trade_price
@@ -39,22 +41,22 @@ async def place_order(
     data: JSONBody[OrderRequest],
     idempotency_key: IdempotencyKey,
     request: Request[AuthUser, str, State],
-    state: State,
+    services: NamedDependency[Services],
 ) -> ExchangeResponse[OrderResult]:
     note_movement(request, data.side)
     guard = data.price_guard()
     quantity, quote_quantity = data.checked_quantities()
     symbol = data.symbol.upper()
-    await state.rate_limiter.take_movement(request.user.id)  # before any lock is waited for
-    max_age_ms = state.settings.trade_price_max_age_ms
+    await services.rate_limiter.take_movement(request.user.id)  # before any lock is waited for
+    max_age_ms = services.settings.trade_price_max_age_ms
     # Read before taking the user's turn: on a cache miss this may wait for Binance, and
     # the user's other movements must not wait behind that.
-    latest = state.price_stream.latest
-    price = await trade_price(state.prices, latest, symbol, max_age_ms)
+    latest = services.price_stream.latest
+    price = await trade_price(services.prices, latest, symbol, max_age_ms)
     read_at = time.monotonic()
-    async with state.user_turns.turn(request.user.id):
+    async with services.user_turns.turn(request.user.id):
         # A newer publication may have come while this order waited for its turn.
-        newer = newer_published_price(state.prices, latest, symbol, price)
+        newer = newer_published_price(services.prices, latest, symbol, price)
         if newer is not None:
             price, read_at = newer, time.monotonic()
         # The price may be used until it is max_age_ms old: what is left of that when
@@ -73,7 +75,7 @@ async def place_order(
             price_valid_until=None if price is None else read_at + (max_age_ms - price.age_ms) / 1000,
             idempotency_key=idempotency_key,
         )
-        trade, replayed = await state.movements.move(movement)
+        trade, replayed = await services.movements.move(movement)
     # Both balances as the trade left them (stored on it, so a replay answers the same).
     wallets = [
         Wallet(asset=trade.asset, balance=trade.balance_after),

@@ -10,10 +10,12 @@ from typing import Annotated, Any
 import msgspec
 from litestar import WebSocket, get, websocket
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.exceptions import WebSocketDisconnect
 from litestar.params import FromQuery, PathParameter, QueryParameter
 
 from exchange.http.errors import ErrorDetail, HTTPError, documented
+from exchange.http.services import Services, services_of
 from exchange.prices.cache import PriceCache
 from exchange.prices.stream import PriceStream, Subscriber, TooManyClients
 from exchange.schemas import SYMBOL_PATTERN, Price, StreamError
@@ -55,11 +57,11 @@ SymbolsQuery = Annotated[
     summary="Every market's price, or those of `symbols`, with their age",
     responses=documented(400, 404, 503),
 )
-async def list_prices(state: State, symbols: SymbolsQuery = None) -> list[Price]:
-    cache: PriceCache = state.prices
+async def list_prices(services: NamedDependency[Services], symbols: SymbolsQuery = None) -> list[Price]:
+    cache: PriceCache = services.prices
     if symbols is None:
         return await cache.prices()
-    return await cache.prices(_followed_symbols(symbols, cache, state.settings.ws_max_symbols))
+    return await cache.prices(_followed_symbols(symbols, cache, services.settings.ws_max_symbols))
 
 
 @get(
@@ -68,8 +70,10 @@ async def list_prices(state: State, symbols: SymbolsQuery = None) -> list[Price]
     summary="One market's price, with its age",
     responses=documented(400, 404, 503),
 )
-async def get_price(state: State, symbol: Annotated[str, PathParameter(description="e.g. BTCUSDT")]) -> Price:
-    cache: PriceCache = state.prices
+async def get_price(
+    services: NamedDependency[Services], symbol: Annotated[str, PathParameter(description="e.g. BTCUSDT")]
+) -> Price:
+    cache: PriceCache = services.prices
     return await cache.price(market_symbol(symbol, cache))
 
 
@@ -78,12 +82,12 @@ async def price_stream(socket: WebSocket[Any, Any, State], symbols: FromQuery[st
     """Live prices. After the current price of each symbol, every change is pushed as
     {"type": "price", ...}. A refused or dropped connection first gets
     {"type": "error", "error": {"code": ...}} and is then closed (see the README)."""
-    state = socket.app.state
-    cache: PriceCache = state.prices
-    stream: PriceStream = state.price_stream
+    services = services_of(socket.app.state)
+    cache: PriceCache = services.prices
+    stream: PriceStream = services.price_stream
     await socket.accept()
     try:
-        names = _followed_symbols(symbols, cache, state.settings.ws_max_symbols)
+        names = _followed_symbols(symbols, cache, services.settings.ws_max_symbols)
         client = stream.subscribe(names)
     except HTTPError as exc:
         await _refuse(socket, exc.code, exc.message, CLOSE_POLICY, exc.details)
@@ -95,7 +99,7 @@ async def price_stream(socket: WebSocket[Any, Any, State], symbols: FromQuery[st
         return
     try:
         stream.offer(client, (await cache.read(names)).values())
-        await _pump(socket, client, state.settings.ws_send_timeout_ms)
+        await _pump(socket, client, services.settings.ws_send_timeout_ms)
     finally:
         stream.unsubscribe(client)
 

@@ -6,10 +6,12 @@ from typing import Annotated
 
 from litestar import Request, get
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.params import PathParameter, QueryParameter
 
 from exchange.auth.security import AuthUser
 from exchange.http.errors import HTTPError, documented
+from exchange.http.services import Services
 from exchange.schemas import ASSET_PATTERN, ID_MAX, Transaction, TransactionKindFilter, TransactionPage
 from exchange.store import repository as repo
 
@@ -24,7 +26,7 @@ PAGE_SIZE_MAX = 100
 )
 async def list_transactions(
     request: Request[AuthUser, str, State],
-    state: State,
+    services: NamedDependency[Services],
     limit: Annotated[int, QueryParameter(ge=1, le=PAGE_SIZE_MAX, description="page size")] = 50,
     before: Annotated[
         int | None, QueryParameter(ge=1, le=ID_MAX, description="`next_before` of the previous page")
@@ -39,7 +41,7 @@ async def list_transactions(
 ) -> TransactionPage:
     code = None if asset is None else asset.upper()  # malformed: 400 by the pattern
     page = await repo.transactions_for_user(
-        state.pool,
+        services.pool,
         request.user.id,
         before=before,
         kind="withdrawal" if kind == "withdraw" else kind,
@@ -59,9 +61,9 @@ async def list_transactions(
 async def get_transaction(
     transaction_id: Annotated[int, PathParameter(ge=1, le=ID_MAX)],
     request: Request[AuthUser, str, State],
-    state: State,
+    services: NamedDependency[Services],
 ) -> Transaction:
-    transaction = await repo.transaction_for_user(state.pool, transaction_id, request.user.id)
+    transaction = await repo.transaction_for_user(services.pool, transaction_id, request.user.id)
     if transaction is None:
         # Another user's transaction is answered exactly like a missing one.
         raise HTTPError("not_found", "no such transaction", 404)

@@ -7,12 +7,14 @@ from typing import Annotated
 
 from litestar import Request, get, post
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.openapi.spec import Example
 from litestar.params import HeaderParameter, JSONBody, PathParameter
 
 from exchange.auth.security import AuthUser
 from exchange.http.errors import HTTPError, documented
 from exchange.http.responses import ExchangeResponse
+from exchange.http.services import Services
 from exchange.ledger.batches import Movement
 from exchange.ops.metrics import note_movement
 from exchange.schemas import ASSET_PATTERN, IDEMPOTENCY_KEY_PATTERN, AmountRequest, Transaction, Wallet
@@ -54,8 +56,10 @@ def unknown_asset(code: str) -> HTTPError:
     summary="The caller's balance in every asset",
     responses=documented(401, 503),
 )
-async def list_wallets(request: Request[AuthUser, str, State], state: State) -> list[Wallet]:
-    return await repo.wallets_for_user(state.pool, request.user.id)
+async def list_wallets(
+    request: Request[AuthUser, str, State], services: NamedDependency[Services]
+) -> list[Wallet]:
+    return await repo.wallets_for_user(services.pool, request.user.id)
 
 
 @get(
@@ -64,9 +68,11 @@ async def list_wallets(request: Request[AuthUser, str, State], state: State) -> 
     summary="The caller's balance in one asset",
     responses=documented(400, 401, 404, 503),
 )
-async def get_wallet(asset: AssetCode, request: Request[AuthUser, str, State], state: State) -> Wallet:
+async def get_wallet(
+    asset: AssetCode, request: Request[AuthUser, str, State], services: NamedDependency[Services]
+) -> Wallet:
     code = asset_code(asset)
-    wallets = await repo.wallets_for_user(state.pool, request.user.id, code)
+    wallets = await repo.wallets_for_user(services.pool, request.user.id, code)
     if not wallets:
         raise unknown_asset(code)
     return wallets[0]
@@ -83,10 +89,10 @@ async def deposit(
     data: JSONBody[AmountRequest],
     idempotency_key: IdempotencyKey,
     request: Request[AuthUser, str, State],
-    state: State,
+    services: NamedDependency[Services],
 ) -> ExchangeResponse[Transaction]:
     note_movement(request, "deposit")
-    return await _move("deposit", asset, data, idempotency_key, request, state)
+    return await _move("deposit", asset, data, idempotency_key, request, services)
 
 
 @post(
@@ -100,10 +106,10 @@ async def withdraw(
     data: JSONBody[AmountRequest],
     idempotency_key: IdempotencyKey,
     request: Request[AuthUser, str, State],
-    state: State,
+    services: NamedDependency[Services],
 ) -> ExchangeResponse[Transaction]:
     note_movement(request, "withdraw")
-    return await _move("withdrawal", asset, data, idempotency_key, request, state)
+    return await _move("withdrawal", asset, data, idempotency_key, request, services)
 
 
 async def _move(
@@ -112,14 +118,14 @@ async def _move(
     data: AmountRequest,
     idempotency_key: str,
     request: Request[AuthUser, str, State],
-    state: State,
+    services: NamedDependency[Services],
 ) -> ExchangeResponse[Transaction]:
     code, amount = asset_code(asset), data.checked_amount()
-    await state.rate_limiter.take_movement(request.user.id)  # before any lock is waited for
-    async with state.user_turns.turn(request.user.id):
+    await services.rate_limiter.take_movement(request.user.id)  # before any lock is waited for
+    async with services.user_turns.turn(request.user.id):
         movement = Movement(
             kind=kind, user_id=request.user.id, subject=code, amount=amount, idempotency_key=idempotency_key
         )
-        transaction, replayed = await state.movements.move(movement)
+        transaction, replayed = await services.movements.move(movement)
     headers = {"Idempotency-Replayed": "true"} if replayed else None
     return ExchangeResponse(transaction, status_code=201, headers=headers)
