@@ -99,7 +99,7 @@ def test_production_accepts_a_generated_jwt_secret(secret: str) -> None:
 
 
 def test_compose_refuses_to_start_without_a_jwt_secret() -> None:
-    compose = open(os.path.join(os.path.dirname(__file__), "..", "docker-compose.yml")).read()
+    compose = open(os.path.join(os.path.dirname(__file__), "..", "..", "docker-compose.yml")).read()
     assert "JWT_SECRET: ${JWT_SECRET:?" in compose
     assert "${JWT_SECRET:-" not in compose
 
