@@ -28,6 +28,7 @@ from exchange.logs import configure_logging, skip_unused_record_fields
 from exchange.metrics import metrics_endpoint, worker_stopped
 from exchange.money import Money
 from exchange.movement_batches import MovementBatches
+from exchange.namespace import redis_namespace
 from exchange.observability import observe
 from exchange.openapi import schema_plugins
 from exchange.prices.binance import BinanceClient, create_http_client
@@ -75,27 +76,37 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 retry=REDIS_RETRY,
             )
         )
-        state.rate_limiter = RateLimiter(state.redis, settings.redis_prefix, limits_from(settings))
+        # Every Redis key and channel of this deployment starts with this.
+        state.deployment_id = await repo.deployment_id(state.pool)
+        namespace = state.redis_namespace = redis_namespace(settings.redis_prefix, state.deployment_id)
+        state.rate_limiter = RateLimiter(state.redis, namespace, limits_from(settings))
         state.verified_tokens = VerifiedTokens(settings)
         state.user_turns = UserTurns(max_wait_ms=settings.db_lock_timeout_ms)
         state.movements = MovementBatches.from_settings(state.pool, settings)
         state.denylist = Denylist(
-            state.pool, state.redis, prefix=settings.redis_prefix, reload_ms=settings.auth_reload_ms
+            state.pool,
+            state.redis,
+            prefix=namespace,
+            deployment_id=state.deployment_id,
+            reload_ms=settings.auth_reload_ms,
+            legacy_prefix=settings.redis_prefix,
         )
         await state.denylist.start()
         # Logins for unknown emails check against this, so they take as long as real ones.
         state.dummy_password_hash = await hash_password("not-a-real-password", settings.bcrypt_rounds)
         state.http = create_http_client(settings)
-        state.prices = price_cache(settings, state.redis, state.http, await repo.market_symbols(state.pool))
+        symbols = await repo.market_symbols(state.pool)
+        state.prices = price_cache(settings, state.redis, state.http, symbols, namespace)
         state.price_stream = PriceStream(
             state.redis,
-            prefix=settings.redis_prefix,
+            prefix=namespace,
+            deployment_id=state.deployment_id,
             fresh_ms=settings.price_cache_ttl_ms,
             max_clients=settings.ws_max_connections,
             queue_size=settings.ws_queue_size,
             current=state.prices.read_all,
         )
-        state.price_feed = price_feed(settings, state.redis, state.prices)
+        state.price_feed = price_feed(settings, state.redis, state.prices, namespace, state.deployment_id)
         state.price_stream.start()
         if settings.price_poll_ms:
             state.price_feed.start()
@@ -150,13 +161,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
 
 def price_cache(
-    settings: Settings, redis: aioredis.Redis, http: httpx.AsyncClient, symbols: list[str]
+    settings: Settings, redis: aioredis.Redis, http: httpx.AsyncClient, symbols: list[str], namespace: str
 ) -> PriceCache:
     attempts = settings.binance_max_attempts
     return PriceCache(
         redis,
         BinanceClient(http, attempts, attempt_timeout_ms=settings.binance_timeout_ms),
-        prefix=settings.redis_prefix,
+        prefix=namespace,
         symbols=symbols,
         fresh_ms=settings.price_cache_ttl_ms,
         stale_max_ms=settings.price_stale_max_ms,
@@ -165,11 +176,14 @@ def price_cache(
     )
 
 
-def price_feed(settings: Settings, redis: aioredis.Redis, cache: PriceCache) -> PriceFeed:
+def price_feed(
+    settings: Settings, redis: aioredis.Redis, cache: PriceCache, namespace: str, deployment_id: str
+) -> PriceFeed:
     return PriceFeed(
         redis,
         cache,
-        prefix=settings.redis_prefix,
+        prefix=namespace,
+        deployment_id=deployment_id,
         poll_ms=settings.price_poll_ms,
         lease_ms=settings.price_feed_lease_ms,
     )

@@ -105,6 +105,13 @@ async def database_url(service_urls: tuple[str, str]) -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="session")
+async def deployment_id(db: asyncpg.Pool) -> str:
+    """The test database's deployment id: with a server's REDIS_PREFIX, the namespace of
+    its Redis keys and channels (exchange/namespace.py)."""
+    return await repo.deployment_id(db)
+
+
+@pytest.fixture(scope="session")
 def settings(database_url: str, service_urls: tuple[str, str], fake_binance: FakeBinanceControl) -> Settings:
     return settings_from_env(
         {},

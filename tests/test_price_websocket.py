@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 
 from exchange.app import create_app
 from exchange.config import Settings
+from exchange.namespace import seal
 from exchange.prices.binance import Quote
 from exchange.prices.feed import channel_name, encode_quotes
 from exchange.prices.stream import PriceStream
@@ -153,11 +154,12 @@ async def test_a_client_too_slow_to_read_is_dropped_without_slowing_the_others(s
                     await asyncio.sleep(0.01)
                 # A burst on the real channel, as the feed publishes it.
                 redis = aioredis.from_url(settings.redis_url)
-                channel = channel_name(app.state.settings.redis_prefix)
+                channel = channel_name(app.state.redis_namespace)
                 fetched_at_ms = int(time.time() * 1000)
                 async with redis.pipeline(transaction=False) as pipe:
                     for n in range(1, messages + 1):
-                        pipe.publish(channel, encode_quotes([Quote("BTCUSDT", Decimal(n), fetched_at_ms)]))
+                        quotes = encode_quotes([Quote("BTCUSDT", Decimal(n), fetched_at_ms)])
+                        pipe.publish(channel, seal(app.state.deployment_id, quotes))
                     await pipe.execute()
                 await redis.aclose()
 
@@ -178,7 +180,9 @@ async def test_a_client_that_falls_queue_size_behind_is_dropped_and_the_others_k
     settings: Settings,
 ) -> None:
     redis = aioredis.from_url(settings.redis_url)
-    stream = PriceStream(redis, prefix="unused:", fresh_ms=5_000, max_clients=10, queue_size=2)
+    stream = PriceStream(
+        redis, prefix="unused:", deployment_id="unused", fresh_ms=5_000, max_clients=10, queue_size=2
+    )
     reader = stream.subscribe(["BTCUSDT"])
     laggard = stream.subscribe(["BTCUSDT"])
     other_symbol = stream.subscribe(["ETHUSDT"])
@@ -197,7 +201,9 @@ async def test_a_client_that_falls_queue_size_behind_is_dropped_and_the_others_k
 async def test_a_first_price_never_follows_a_newer_push(settings: Settings) -> None:
     """The snapshot is read after subscribing; a push that lands meanwhile is newer and wins."""
     redis = aioredis.from_url(settings.redis_url)
-    stream = PriceStream(redis, prefix="unused:", fresh_ms=5_000, max_clients=10, queue_size=10)
+    stream = PriceStream(
+        redis, prefix="unused:", deployment_id="unused", fresh_ms=5_000, max_clients=10, queue_size=10
+    )
     client = stream.subscribe(["BTCUSDT", "ETHUSDT"])
     stream.deliver([Quote("BTCUSDT", Decimal("70100"), 2_000)])  # the push
     stream.offer(

@@ -19,6 +19,7 @@ from pinned_exchange import Exchange, exchange_server
 
 from exchange import repo
 from exchange.config import Settings
+from exchange.namespace import seal
 from exchange.prices.binance import Quote
 from exchange.prices.cache import now_ms
 from exchange.prices.feed import channel_name, encode_quotes
@@ -139,8 +140,9 @@ async def test_the_trade_uses_the_published_price_this_worker_holds_while_it_is_
 
         async def publish(price: str, age_ms: int) -> None:
             quote = Quote("BTCUSDT", Decimal(price), now_ms() - age_ms)
-            channel = channel_name(exchange.app.state.settings.redis_prefix)
-            await exchange.app.state.redis.publish(channel, encode_quotes([quote]))
+            state = exchange.app.state
+            message = seal(state.deployment_id, encode_quotes([quote]))
+            await state.redis.publish(channel_name(state.redis_namespace), message)
             for _ in range(100):
                 if stream.latest.get("BTCUSDT") == quote:
                     return

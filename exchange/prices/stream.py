@@ -52,6 +52,7 @@ class PriceStream:
         redis: aioredis.Redis,
         *,
         prefix: str,
+        deployment_id: str,
         fresh_ms: int,
         max_clients: int,
         queue_size: int,
@@ -62,6 +63,7 @@ class PriceStream:
         # subscription was down are made up for.
         self._current = current
         self._channel = channel_name(prefix)
+        self._deployment_id = deployment_id
         self._fresh_ms = fresh_ms
         self._max_clients = max_clients
         self._queue_size = queue_size
@@ -126,6 +128,7 @@ class PriceStream:
             self._redis,
             self._channel,
             self._loops,
+            deployment_id=self._deployment_id,
             subscribed=self.subscribed,
             on_subscribed=self._catch_up,
             on_message=self._deliver_raw,
