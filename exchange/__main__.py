@@ -21,7 +21,7 @@ from exchange.fake_binance import create_fake_binance, serve_in_thread
 from exchange.logs import configure_logging, log_format_from_env
 from exchange.metrics_dir import metrics_directory
 from exchange.security import check_password_rules, hash_password
-from exchange.serving import run_uvicorn
+from exchange.serving import run_uvicorn, websocket_options
 from exchange.sockets import listening_socket
 
 
@@ -96,6 +96,10 @@ def serve_command(settings: Settings, host: str | None, port: int | None, worker
         logging.getLogger("exchange").info(
             "offline mode: prices come from the local Binance stand-in at %s", os.environ["BINANCE_URL"]
         )
+    if port is not None:
+        # The workers' settings name the port too (their WebSocket slots are counted per
+        # host and port, exchange/prices/slots.py).
+        os.environ["PORT"] = str(port)
     # The workers inherit PROMETHEUS_MULTIPROC_DIR: /metrics adds up all of them.
     with metrics_directory():
         run_uvicorn(
@@ -105,6 +109,7 @@ def serve_command(settings: Settings, host: str | None, port: int | None, worker
             workers or settings.workers or os.cpu_count() or 1,
             settings.log_level,
             settings.log_format,
+            websocket_options(settings),
         )
     return 0
 

@@ -34,6 +34,7 @@ from exchange.openapi import schema_plugins
 from exchange.prices.binance import BinanceClient, create_http_client
 from exchange.prices.cache import PriceCache
 from exchange.prices.feed import PriceFeed
+from exchange.prices.slots import Slots
 from exchange.prices.stream import PriceStream
 from exchange.ratelimit import RateLimiter, limits_from
 from exchange.responses import ExchangeResponse
@@ -102,10 +103,18 @@ def create_app(settings: Settings | None = None) -> Litestar:
             prefix=namespace,
             deployment_id=state.deployment_id,
             fresh_ms=settings.price_cache_ttl_ms,
-            max_clients=settings.ws_max_connections,
-            queue_size=settings.ws_queue_size,
+            max_unsent_bytes=settings.ws_max_unsent_bytes,
+            send_timeout_ms=settings.ws_send_timeout_ms,
             current=state.prices.read_all,
         )
+        state.ws_slots = Slots(
+            state.redis,
+            prefix=namespace,
+            port=settings.port,
+            max_connections=settings.ws_max_connections,
+            max_per_address=settings.ws_max_connections_per_address,
+        )
+        await state.ws_slots.start()
         state.price_feed = price_feed(settings, state.redis, state.prices, namespace, state.deployment_id)
         state.price_stream.start()
         if settings.price_poll_ms:
@@ -115,6 +124,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         finally:
             await state.price_feed.stop()
             await state.price_stream.stop()
+            await state.ws_slots.stop()
             await state.denylist.stop()
             await state.http.aclose()
             await state.redis.aclose()

@@ -26,18 +26,29 @@ from typing import Any
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
+from exchange.config import Settings
 from exchange.logs import logging_config
 from exchange.sockets import bound_socket
+from exchange.wire import WireProtocol
 
 log = logging.getLogger("exchange.serving")
 # How long a stopping worker may finish its requests before it is killed.
 STOP_SECONDS = 30.0
 
 
-def run_uvicorn(factory: str, host: str, port: int, workers: int, log_level: str, log_format: str) -> None:
+def run_uvicorn(
+    factory: str,
+    host: str,
+    port: int,
+    workers: int,
+    log_level: str,
+    log_format: str,
+    ws_options: dict[str, Any] | None = None,
+) -> None:
     """`exchange bench --ceiling` serves its bare endpoint through this too, so the two
     are served alike."""
     options: dict[str, Any] = {
+        **(ws_options or {}),
         "factory": True,
         "host": host,
         "port": port,
@@ -53,6 +64,25 @@ def run_uvicorn(factory: str, host: str, port: int, workers: int, log_level: str
         uvicorn.run(factory, workers=workers, **options)
         return
     raise SystemExit(Supervisor(factory, options, workers).run())
+
+
+# The price socket expects nothing from clients: a frame announcing more than this is
+# refused (close 1009) before its payload is read. With uvicorn's default, 16 MiB, ten
+# partial 15 MB frames added 145 MB of RSS.
+WS_MAX_MESSAGE_BYTES = 4_096
+
+
+def websocket_options(settings: Settings) -> dict[str, Any]:
+    """How uvicorn serves WebSockets: through WireProtocol (exchange/wire.py), with
+    the keepalive ping from the settings, small messages, and no compression (every
+    price frame is built once for all clients; deflate kept ~25 KB of zlib state each)."""
+    return {
+        "ws": WireProtocol,
+        "ws_max_size": WS_MAX_MESSAGE_BYTES,
+        "ws_ping_interval": settings.ws_ping_interval_ms / 1000,
+        "ws_ping_timeout": settings.ws_ping_timeout_ms / 1000,
+        "ws_per_message_deflate": False,
+    }
 
 
 def serve_worker(factory: str, options: dict[str, Any]) -> None:

@@ -32,6 +32,7 @@ from exchange.config import Settings, settings_from_env
 from exchange.db import SCHEMA, migrate, scratch_database
 from exchange.fake_binance import create_fake_binance
 from exchange.schemas import Violation
+from exchange.serving import websocket_options
 from exchange.sockets import listening_socket
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -146,8 +147,11 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 @asynccontextmanager
-async def serving(app: ASGIApp, send_buffer_bytes: int | None = None) -> AsyncIterator[str]:
+async def serving(
+    app: ASGIApp, send_buffer_bytes: int | None = None, **uvicorn_options: Any
+) -> AsyncIterator[str]:
     """An ASGI app under uvicorn on a free local port, in this event loop; yields its URL.
+    uvicorn_options: for the exchange, websocket_options(settings), as `exchange serve`.
 
     send_buffer_bytes caps each connection's kernel send buffer (accepted sockets inherit
     it), as a slow network would: writes to a client that stops reading block sooner.
@@ -156,7 +160,7 @@ async def serving(app: ASGIApp, send_buffer_bytes: int | None = None) -> AsyncIt
     if send_buffer_bytes is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_bytes)
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False, **uvicorn_options)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
@@ -172,8 +176,8 @@ async def serving(app: ASGIApp, send_buffer_bytes: int | None = None) -> AsyncIt
 
 
 def running_server(settings: Settings) -> AbstractAsyncContextManager[str]:
-    """The exchange under uvicorn (see serving)."""
-    return serving(create_app(settings))
+    """The exchange under uvicorn (see serving), served as `exchange serve` serves it."""
+    return serving(create_app(settings), **websocket_options(settings))
 
 
 class FakeBinanceControl:

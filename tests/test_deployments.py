@@ -28,6 +28,7 @@ from exchange.config import settings_from_env
 from exchange.namespace import seal
 from exchange.prices.binance import Quote
 from exchange.prices.feed import channel_name, encode_quotes
+from exchange.serving import websocket_options
 from tests.conftest import (
     FakeBinanceControl,
     fake_binance_server,
@@ -73,7 +74,7 @@ async def deployment(
         )
         assert settings.redis_prefix == "exchange:"  # the default, on both
         apps = [create_app(settings) for _ in range(workers)]
-        urls = [await stack.enter_async_context(serving(app)) for app in apps]
+        urls = [await stack.enter_async_context(serving(app, **websocket_options(settings))) for app in apps]
         for app in apps:
             await asyncio.wait_for(app.state.price_stream.subscribed.wait(), 5)
             await asyncio.wait_for(app.state.denylist.subscribed.wait(), 5)
