@@ -26,6 +26,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from exchange.app import create_app
+from exchange.bench.ws import OPCODE_CLOSE, OPCODE_TEXT, parse_frames
 from exchange.config import Settings
 from exchange.namespace import seal
 from exchange.prices.binance import Quote
@@ -166,18 +167,11 @@ async def _read_until_closed(sock: socket.socket, already: bytes) -> tuple[list[
     loop = asyncio.get_running_loop()
     data, texts = already, []
     while True:
-        while len(data) >= 2:
-            length, start = data[1] & 0x7F, 2
-            if length == 126:
-                length, start = int.from_bytes(data[2:4]), 4
-            elif length == 127:
-                length, start = int.from_bytes(data[2:10]), 10
-            if len(data) < start + length:
-                break
-            opcode, payload, data = data[0] & 0x0F, data[start : start + length], data[start + length :]
-            if opcode == 0x8:
+        frames, data = parse_frames(data)
+        for opcode, payload in frames:
+            if opcode == OPCODE_CLOSE:
                 return texts, int.from_bytes(payload[:2]), payload[2:].decode()
-            if opcode == 0x1:
+            if opcode == OPCODE_TEXT:
                 texts.append(payload.decode())
         chunk = await asyncio.wait_for(loop.sock_recv(sock, 65_536), 5)
         assert chunk, "the connection ended without a close frame"

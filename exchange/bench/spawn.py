@@ -90,7 +90,7 @@ def server_env(**values: str) -> dict[str, str]:
 
 @asynccontextmanager
 async def spawn(
-    settings: Settings, workers: int, bcrypt_rounds: int, log_dir: Path
+    settings: Settings, workers: int, bcrypt_rounds: int, log_dir: Path, **extra_env: str
 ) -> AsyncIterator[Spawned]:
     run = secrets.token_hex(4)
     async with scratch_database(settings.database_url, f"exchange_bench_{run}") as database_url:
@@ -109,6 +109,7 @@ async def spawn(
             # Every simulated user registers and logs in from this one address.
             REGISTER_LIMIT_PER_IP="0",
             LOGIN_LIMIT_PER_IP="0",
+            **extra_env,
         )
         stand_in = [sys.executable, "-m", "exchange", "fake-binance", "--port", str(binance_port)]
         server = [
