@@ -63,7 +63,7 @@ async def follow_channel(
     deployment_id: str,
     subscribed: asyncio.Event,
     on_subscribed: Callable[[], Awaitable[None]],
-    on_message: Callable[[bytes], None],
+    on_message: Callable[[bytes], Awaitable[None] | None],
     log: logging.Logger,
     poll_seconds: float = 1.0,  # float-ok
 ) -> None:
@@ -91,7 +91,9 @@ async def follow_channel(
                         log.warning("ignoring a malformed message on channel %s", channel)
                         continue
                     if envelope.deployment == deployment_id:
-                        on_message(bytes(envelope.body))
+                        handled = on_message(bytes(envelope.body))
+                        if handled is not None:
+                            await handled
                     elif not foreign_seen:
                         foreign_seen = True
                         log.error(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import NamedTuple
 
 import msgspec
@@ -39,6 +39,9 @@ log = logging.getLogger("exchange.prices.stream")
 _encode = msgspec.json.Encoder(enc_hook=encode_money).encode
 # How often every client is checked for unanswered pings and unsent bytes.
 WATCH_SECONDS = 0.25
+# Clients written to between two turns of the event loop: a fan-out to a thousand
+# clients in one go held the worker's loop, and every REST request on it, for ~20 ms.
+FAN_OUT_CHUNK = 100
 
 
 class Message(NamedTuple):
@@ -135,10 +138,23 @@ class PriceStream:
 
     def deliver(self, quotes: list[Quote]) -> None:
         """Remember the quotes and send each to the clients that follow its symbol."""
+        for _ in self._deliver_in_chunks(quotes):
+            pass
+
+    async def deliver_yielding(self, quotes: list[Quote]) -> None:
+        """deliver(), letting the event loop run between chunks of clients."""
+        for _ in self._deliver_in_chunks(quotes):
+            await asyncio.sleep(0)
+
+    def _deliver_in_chunks(self, quotes: list[Quote]) -> Iterator[None]:
         for quote in quotes:
             self.latest[quote.symbol] = quote
         by_symbol = {q.symbol: (q.fetched_at_ms, self.message(q)) for q in quotes}
-        for client in list(self._clients):
+        for count, client in enumerate(list(self._clients), 1):
+            if count % FAN_OUT_CHUNK == 0:
+                yield
+                if client not in self._clients:  # it left or was dropped meanwhile
+                    continue
             for symbol in client.symbols & by_symbol.keys():
                 fetched_at_ms, message = by_symbol[symbol]
                 if fetched_at_ms < client.sent_ms.get(symbol, -1):
@@ -189,13 +205,15 @@ class PriceStream:
         if self._current is not None:
             self.deliver(list((await self._current()).values()))
 
-    def _deliver_raw(self, data: bytes) -> None:
+    async def _deliver_raw(self, data: bytes) -> None:
         try:
             quotes = decode_quotes(data)
         except (msgspec.DecodeError, msgspec.ValidationError):
             log.warning("ignoring a malformed message on the price channel")
             return
-        self.deliver(quotes)
+        # The next message is read once this one reached every client: a backlog waits
+        # in Redis (bounded by its pub/sub output buffer limit), not in this process.
+        await self.deliver_yielding(quotes)
 
 
 def message_text(quote: Quote, fresh_ms: int) -> str:
