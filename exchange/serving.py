@@ -75,7 +75,7 @@ WS_MAX_MESSAGE_BYTES = 4_096
 def websocket_options(settings: Settings) -> dict[str, Any]:
     """How uvicorn serves WebSockets: through WireProtocol (exchange/wire.py), with
     the keepalive ping from the settings, small messages, and no compression (every
-    price frame is built once for all clients; deflate kept ~25 KB of zlib state each)."""
+    price frame is built once for all clients, and deflate kept zlib state per connection)."""
     return {
         "ws": WireProtocol,
         "ws_max_size": WS_MAX_MESSAGE_BYTES,
