@@ -77,10 +77,15 @@ def masked_frame(opcode: int, payload: bytes) -> bytes:
     return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + body
 
 
+class ErrorHeard(msgspec.Struct):
+    code: str
+
+
 class PriceHeard(msgspec.Struct):
     type: str
     fetched_at: datetime | None = None
     price: str | None = None
+    error: ErrorHeard | None = None
 
 
 _decode = msgspec.json.Decoder(PriceHeard).decode
@@ -152,7 +157,7 @@ class Subscriber:
 
     def _heard(self, message: PriceHeard, arrived: int) -> None:
         if message.type != "price" or message.fetched_at is None:
-            self._fail(f"got {message.type}")
+            self._fail(message.error.code if message.error else f"got {message.type}")
             return
         if not self.first_price.done():
             self.first_price.set_result(None)
@@ -178,7 +183,13 @@ async def subscribe(url: str, count: int) -> list[Subscriber]:
     async def one() -> Subscriber:
         async with gate:
             subscriber = await Subscriber.connect(host, port, "/api/v1/ws/prices?symbols=BTCUSDT")
-            await asyncio.wait_for(subscriber.first_price, CONNECT_TIMEOUT_SECONDS)
+            try:
+                await asyncio.wait_for(subscriber.first_price, CONNECT_TIMEOUT_SECONDS)
+            except ConnectionError as exc:
+                raise SystemExit(
+                    f"a subscriber was refused ({exc}): the server must allow --subscribers"
+                    " connections from this address (WS_MAX_CONNECTIONS, WS_MAX_CONNECTIONS_PER_ADDRESS)"
+                ) from None
             return subscriber
 
     return await asyncio.gather(*(one() for _ in range(count)))
