@@ -18,7 +18,7 @@ from exchange.errors import ExchangeError
 from exchange.ops.http_limits import http_limits_from
 from exchange.ops.logs import configure_logging, log_format_from_env
 from exchange.ops.metrics_dir import metrics_directory
-from exchange.ops.serving import default_workers, run_uvicorn
+from exchange.ops.serving import default_workers, run_uvicorn, websocket_options
 from exchange.ops.sockets import listening_socket
 from exchange.prices.fake_binance import create_fake_binance, serve_in_thread
 from exchange.store import repository as repo
@@ -172,6 +172,10 @@ def serve_command(settings: Settings, host: str | None, port: int | None, worker
             "endpoints are off: prices cannot be set from outside)",
             os.environ["BINANCE_URL"],
         )
+    if port is not None:
+        # The workers' settings name the port too (their WebSocket slots are counted per
+        # host and port, exchange/prices/slots.py).
+        os.environ["PORT"] = str(port)
     # The workers inherit PROMETHEUS_MULTIPROC_DIR: /metrics adds up all of them.
     with metrics_directory():
         run_uvicorn(
@@ -182,6 +186,7 @@ def serve_command(settings: Settings, host: str | None, port: int | None, worker
             settings.log_level,
             settings.log_format,
             http_limits_from(settings),
+            websocket_options(settings),
         )
     return 0
 

@@ -41,9 +41,11 @@ from exchange.ledger.turns import UserTurns
 from exchange.money import Money
 from exchange.ops.logs import configure_logging, skip_unused_record_fields
 from exchange.ops.metrics import feed_leadership_changed, worker_stopped
+from exchange.ops.namespace import redis_namespace
 from exchange.prices.binance import BinanceClient, create_http_client
 from exchange.prices.cache import PriceCache
 from exchange.prices.feed import PriceFeed
+from exchange.prices.slots import Slots
 from exchange.prices.stream import PriceStream
 from exchange.schemas import DecimalText, decimal_text
 from exchange.store import repository as repo
@@ -80,17 +82,29 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 retry=REDIS_RETRY,
             )
         )
-        denylist = Denylist(pool, redis, prefix=settings.redis_prefix, reload_ms=settings.auth_reload_ms)
+        # Every Redis key and channel of this deployment starts with this.
+        deployment_id = await repo.deployment_id(pool)
+        namespace = redis_namespace(settings.redis_prefix, deployment_id)
+        denylist = Denylist(
+            pool,
+            redis,
+            prefix=namespace,
+            deployment_id=deployment_id,
+            reload_ms=settings.auth_reload_ms,
+            legacy_prefix=settings.redis_prefix,
+        )
         await denylist.start()
         http = create_http_client(settings)
-        prices = price_cache(settings, redis, http, await repo.market_symbols(pool))
+        prices = price_cache(settings, redis, http, await repo.market_symbols(pool), namespace)
         services = Services(
             settings=settings,
             pool=pool,
             redis=redis,
+            deployment_id=deployment_id,
+            redis_namespace=namespace,
             rate_limiter=RateLimiter(
                 redis,
-                settings.redis_prefix,
+                namespace,
                 limits_from(settings),
                 login_limits_from(settings),
                 movement_quota_from(settings),
@@ -105,15 +119,24 @@ def create_app(settings: Settings | None = None) -> Litestar:
             prices=prices,
             price_stream=PriceStream(
                 redis,
-                prefix=settings.redis_prefix,
+                prefix=namespace,
+                deployment_id=deployment_id,
                 fresh_ms=settings.price_cache_ttl_ms,
-                max_clients=settings.ws_max_connections,
-                queue_size=settings.ws_queue_size,
+                max_unsent_bytes=settings.ws_max_unsent_bytes,
+                send_timeout_ms=settings.ws_send_timeout_ms,
                 current=prices.read_all,
             ),
-            price_feed=price_feed(settings, redis, prices),
+            ws_slots=Slots(
+                redis,
+                prefix=namespace,
+                port=settings.port,
+                max_connections=settings.ws_max_connections,
+                max_per_address=settings.ws_max_connections_per_address,
+            ),
+            price_feed=price_feed(settings, redis, prices, namespace, deployment_id),
         )
         app.state.services = services
+        await services.ws_slots.start()
         services.price_stream.start()
         if settings.price_poll_ms:
             services.price_feed.start()
@@ -122,6 +145,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         finally:
             await services.price_feed.stop()
             await services.price_stream.stop()
+            await services.ws_slots.stop()
             await services.denylist.stop()
             await services.http.aclose()
             await services.redis.aclose()
@@ -173,13 +197,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
 
 def price_cache(
-    settings: Settings, redis: aioredis.Redis, http: httpx.AsyncClient, symbols: list[str]
+    settings: Settings, redis: aioredis.Redis, http: httpx.AsyncClient, symbols: list[str], namespace: str
 ) -> PriceCache:
     attempts = settings.binance_max_attempts
     return PriceCache(
         redis,
         BinanceClient(http, attempts, attempt_timeout_ms=settings.binance_timeout_ms),
-        prefix=settings.redis_prefix,
+        prefix=namespace,
         symbols=symbols,
         fresh_ms=settings.price_cache_ttl_ms,
         stale_max_ms=settings.price_stale_max_ms,
@@ -188,11 +212,14 @@ def price_cache(
     )
 
 
-def price_feed(settings: Settings, redis: aioredis.Redis, cache: PriceCache) -> PriceFeed:
+def price_feed(
+    settings: Settings, redis: aioredis.Redis, cache: PriceCache, namespace: str, deployment_id: str
+) -> PriceFeed:
     return PriceFeed(
         redis,
         cache,
-        prefix=settings.redis_prefix,
+        prefix=namespace,
+        deployment_id=deployment_id,
         poll_ms=settings.price_poll_ms,
         lease_ms=settings.price_feed_lease_ms,
         on_leadership=feed_leadership_changed,

@@ -74,13 +74,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     price_poll_ms: Annotated[int, msgspec.Meta(ge=0, le=60_000)] = 1_000
     # The poller's lease: if its worker dies, another takes over within this long.
     price_feed_lease_ms: Annotated[int, msgspec.Meta(ge=300, le=60_000)] = 3_000
-    # WebSocket limits, per worker and per connection. A client more than
-    # WS_QUEUE_SIZE messages behind, or whose socket takes longer than
-    # WS_SEND_TIMEOUT_MS to take one, is disconnected.
+    # WebSocket clients of the whole server (every worker; counted in Redis, see
+    # exchange/prices/slots.py), and of one client address on one worker.
     ws_max_connections: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1_000
+    ws_max_connections_per_address: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 20
     ws_max_symbols: Annotated[int, msgspec.Meta(ge=1, le=1_000)] = 20
-    ws_queue_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 64
+    # A price client is dropped as too slow once the server holds more than this many
+    # bytes it has not sent (besides the kernel's bounded share), or once it has not
+    # taken what was sent for WS_SEND_TIMEOUT_MS (a ping sent after it unanswered).
+    ws_max_unsent_bytes: Annotated[int, msgspec.Meta(ge=1_024, le=16_777_216)] = 16_384
     ws_send_timeout_ms: Annotated[int, msgspec.Meta(ge=10, le=60_000)] = 5_000
+    # uvicorn pings every WebSocket client this often, and closes (1011) one whose pong
+    # has not come within WS_PING_TIMEOUT_MS.
+    ws_ping_interval_ms: Annotated[int, msgspec.Meta(ge=100, le=600_000)] = 5_000
+    ws_ping_timeout_ms: Annotated[int, msgspec.Meta(ge=100, le=600_000)] = 20_000
     jwt_secret: Annotated[str, msgspec.Meta(min_length=32)] = DEV_JWT_SECRET
     jwt_ttl_seconds: Annotated[int, msgspec.Meta(ge=60, le=86_400)] = 3600
     # bcrypt cost; tests lower it to keep the suite fast.
@@ -187,11 +194,11 @@ def settings_from_env(environ: dict[str, str] | None = None, **overrides: object
         raise SystemExit("invalid configuration: PRICE_STALE_MAX_MS is below PRICE_CACHE_TTL_MS")
     if settings.trade_price_max_age_ms < settings.price_cache_ttl_ms:
         raise SystemExit("invalid configuration: TRADE_PRICE_MAX_AGE_MS is below PRICE_CACHE_TTL_MS")
-    if settings.ws_queue_size < settings.ws_max_symbols:
-        # One publication of the feed can bring a message for every symbol at once.
-        raise SystemExit("invalid configuration: WS_QUEUE_SIZE is below WS_MAX_SYMBOLS")
     if settings.limit_concurrency <= settings.ws_max_connections:
         raise SystemExit("invalid configuration: LIMIT_CONCURRENCY must be above WS_MAX_CONNECTIONS")
+    if settings.ws_send_timeout_ms >= settings.ws_ping_timeout_ms:
+        # Else uvicorn closes a stuck price client (1011) before the app says too_slow.
+        raise SystemExit("invalid configuration: WS_SEND_TIMEOUT_MS must be below WS_PING_TIMEOUT_MS")
     if 0 < settings.price_poll_ms < 50:
         raise SystemExit("invalid configuration: PRICE_POLL_MS must be 0 (off) or at least 50")
     try:

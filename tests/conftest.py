@@ -29,6 +29,7 @@ from litestar.types import ASGIApp
 from exchange.app import create_app
 from exchange.config import Settings, settings_from_env
 from exchange.ops.http_limits import HttpLimits, uvicorn_options
+from exchange.ops.serving import websocket_options
 from exchange.ops.sockets import listening_socket
 from exchange.prices.fake_binance import create_fake_binance
 from exchange.schemas import Violation
@@ -106,6 +107,13 @@ async def database_url(service_urls: tuple[str, str]) -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="session")
+async def deployment_id(db: asyncpg.Pool) -> str:
+    """The test database's deployment id: with a server's REDIS_PREFIX, the namespace of
+    its Redis keys and channels (exchange/ops/namespace.py)."""
+    return await repo.deployment_id(db)
+
+
+@pytest.fixture(scope="session")
 def settings(database_url: str, service_urls: tuple[str, str], fake_binance: FakeBinanceControl) -> Settings:
     return settings_from_env(
         {},
@@ -148,9 +156,13 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 @asynccontextmanager
 async def serving(
-    app: ASGIApp, send_buffer_bytes: int | None = None, http_limits: HttpLimits | None = None
+    app: ASGIApp,
+    send_buffer_bytes: int | None = None,
+    http_limits: HttpLimits | None = None,
+    **extra_options: Any,
 ) -> AsyncIterator[str]:
     """An ASGI app under uvicorn on a free local port, in this event loop; yields its URL.
+    uvicorn_options: for the exchange, websocket_options(settings), as `exchange serve`.
 
     send_buffer_bytes caps each connection's kernel send buffer (accepted sockets inherit
     it), as a slow network would: writes to a client that stops reading block sooner.
@@ -159,8 +171,9 @@ async def serving(
     if send_buffer_bytes is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_bytes)
     port = sock.getsockname()[1]
-    # As exchange/ops/serving.py: header bounds, limit_concurrency, no proxy headers.
-    options = uvicorn_options(http_limits or HttpLimits())
+    # As exchange/ops/serving.py: header bounds, limit_concurrency, no proxy headers, and
+    # any WebSocket options (websocket_options) the test gives.
+    options = {**uvicorn_options(http_limits or HttpLimits()), **extra_options}
     config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False, **options)  # type: ignore[arg-type]
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -177,8 +190,8 @@ async def serving(
 
 
 def running_server(settings: Settings) -> AbstractAsyncContextManager[str]:
-    """The exchange under uvicorn (see serving)."""
-    return serving(create_app(settings))
+    """The exchange under uvicorn (see serving), served as `exchange serve` serves it."""
+    return serving(create_app(settings), **websocket_options(settings))
 
 
 class FakeBinanceControl:

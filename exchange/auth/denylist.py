@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from exchange.auth.security import AuthUser, unauthorized
+from exchange.ops.namespace import seal
 from exchange.ops.redis_loops import Loops, follow_channel
 from exchange.store import repository as repo
 
@@ -58,10 +59,23 @@ _decode = msgspec.json.Decoder(Change).decode
 
 
 class Denylist:
-    def __init__(self, pool: repo.Pool, redis: aioredis.Redis, *, prefix: str, reload_ms: int) -> None:
+    def __init__(
+        self,
+        pool: repo.Pool,
+        redis: aioredis.Redis,
+        *,
+        prefix: str,
+        deployment_id: str,
+        reload_ms: int,
+        legacy_prefix: str | None = None,
+    ) -> None:
         self._pool = pool
         self._redis = redis
+        self._deployment_id = deployment_id
         self._revoked_key = f"{prefix}auth:revoked"
+        # Before migration 014 the set was `{REDIS_PREFIX}auth:revoked`: logouts made
+        # then stay enforced from it until their tokens expire (JWT_TTL_SECONDS).
+        self._legacy_revoked_key = f"{legacy_prefix}auth:revoked" if legacy_prefix is not None else None
         self._channel = f"{prefix}auth"
         self._reload_seconds = reload_ms / 1000
         self._loops = Loops()
@@ -100,7 +114,7 @@ class Denylist:
             # The set lives until its last token expires (NX: first expiry; GT: later).
             pipe.expireat(self._revoked_key, exp, nx=True)
             pipe.expireat(self._revoked_key, exp, gt=True)
-            pipe.publish(self._channel, _encode(Revoked(jti=jti, exp=exp)))
+            pipe.publish(self._channel, seal(self._deployment_id, _encode(Revoked(jti=jti, exp=exp))))
             await pipe.execute()
         self._apply(Revoked(jti=jti, exp=exp))
 
@@ -110,7 +124,7 @@ class Denylist:
         change = Disabled(user_id=user_id, disabled=disabled)
         self._apply(change)
         try:
-            await self._redis.publish(self._channel, _encode(change))
+            await self._redis.publish(self._channel, seal(self._deployment_id, _encode(change)))
         except (RedisError, OSError) as exc:
             log.warning(
                 "could not announce a disabled/enabled user (%s); other workers apply it within %.1f s",
@@ -153,7 +167,10 @@ class Denylist:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.zremrangebyscore(self._revoked_key, "-inf", now)
                 pipe.zrangebyscore(self._revoked_key, now + 1, "+inf", withscores=True)
-                _, rows = await asyncio.wait_for(pipe.execute(), RELOAD_TIMEOUT_SECONDS)
+                if self._legacy_revoked_key is not None:
+                    pipe.zrangebyscore(self._legacy_revoked_key, now + 1, "+inf", withscores=True)
+                _, *found = await asyncio.wait_for(pipe.execute(), RELOAD_TIMEOUT_SECONDS)
+            rows = [row for rows_of_one_key in found for row in rows_of_one_key]
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("could not reload revoked tokens (%s); keeping the last set", type(exc).__name__)
             rows = []
@@ -180,6 +197,7 @@ class Denylist:
             self._redis,
             self._channel,
             self._loops,
+            deployment_id=self._deployment_id,
             subscribed=self.subscribed,
             on_subscribed=self._catch_up,
             on_message=self._apply_raw,

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from exchange.bench import ceiling, report
+from exchange.bench import ceiling, report, ws
 from exchange.bench.client import host_port
 from exchange.bench.load import open_connections, run_load
 from exchange.bench.scenarios import ALL, API, FUNDING, SCENARIOS, User
@@ -41,9 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scenario",
         default="mixed",
-        help=f"comma-separated, from {', '.join(ALL)}; or all (default mixed)",
+        help=f"comma-separated, from {', '.join(ALL)}; or all (default mixed); or ws alone"
+        " (WebSocket fan-out, see exchange/bench/ws.py)",
     )
     parser.add_argument("--users", type=int, default=256, help="simulated users (default 256)")
+    parser.add_argument(
+        "--subscribers", type=int, default=1000, help="--scenario ws: WebSocket subscribers (default 1000)"
+    )
     parser.add_argument("--connections", type=int, default=64, help="keep-alive connections (default 64)")
     parser.add_argument(
         "--duration", type=float, default=10, help="measured seconds per scenario (default 10)"
@@ -78,6 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def bench_command(settings: Settings, args: argparse.Namespace) -> int:
+    if args.scenario == "ws":
+        return ws_command(settings, args)
     scenarios = ALL if args.scenario == "all" else [s.strip() for s in args.scenario.split(",")]
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
@@ -87,12 +93,7 @@ def bench_command(settings: Settings, args: argparse.Namespace) -> int:
     if args.rounds < 1:
         raise SystemExit("--rounds must be at least 1")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per set-up request is noise
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
+    _install_uvloop()
     results = asyncio.run(bench(settings, args, scenarios))
     print(report.table(results))
     if args.json:
@@ -100,6 +101,42 @@ def bench_command(settings: Settings, args: argparse.Namespace) -> int:
         print(f"results written to {args.json}")
     failed = results["balances"]["mismatches"] or results["audit"].get("violations")
     return 1 if failed else 0
+
+
+def ws_command(settings: Settings, args: argparse.Namespace) -> int:
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    _install_uvloop()
+    results = asyncio.run(bench_ws(settings, args))
+    print(ws.table(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        print(f"results written to {args.json}")
+    return 1 if results["ws"]["dropped"] or not results["ws"]["in_order"] else 0
+
+
+async def bench_ws(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    workers = args.workers or os.cpu_count() or 1
+    results: dict[str, Any] = {"machine": report.machine()}
+    async with AsyncExitStack() as stack:
+        if args.spawn:
+            room = str(args.subscribers + 100)  # every subscriber comes from this one address
+            spawned = await stack.enter_async_context(
+                spawn(
+                    settings,
+                    workers,
+                    args.bcrypt_rounds,
+                    log_directory(),
+                    WS_MAX_CONNECTIONS=room,
+                    WS_MAX_CONNECTIONS_PER_ADDRESS=room,
+                    PRICE_POLL_MS="1000",
+                )
+            )
+            url, server_pid = spawned.url, spawned.server_pid
+        else:
+            url, server_pid = args.url.rstrip("/"), args.server_pid
+        results["run"] = {"url": url, "spawned": bool(args.spawn), "workers": workers if args.spawn else None}
+        results["ws"] = await ws.run_ws(url, args.subscribers, args.duration, server_pid)
+    return results
 
 
 async def bench(settings: Settings, args: argparse.Namespace, scenarios: list[str]) -> dict[str, Any]:
@@ -278,3 +315,12 @@ async def measure_ceiling(
         "bare_deposit": report.median_round([report.window_summary(w) for w in bare["deposit"]]),
         "pgbench": await ceiling.pgbench_rates(database_url, args.connections, args.duration, args.rounds),
     }
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass

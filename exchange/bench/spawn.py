@@ -90,7 +90,7 @@ def server_env(**values: str) -> dict[str, str]:
 
 @asynccontextmanager
 async def spawn(
-    settings: Settings, workers: int, bcrypt_rounds: int, log_dir: Path
+    settings: Settings, workers: int, bcrypt_rounds: int, log_dir: Path, **extra_env: str
 ) -> AsyncIterator[Spawned]:
     run = secrets.token_hex(4)
     async with scratch_database(settings.database_url, f"exchange_bench_{run}") as database_url:
@@ -112,6 +112,7 @@ async def spawn(
             # The benchmark measures the ledger: the contention scenario drives hundreds
             # of movements a second into a few users, far past a bot's quota.
             MOVEMENT_RATE_PER_USER="0",
+            **extra_env,
         )
         stand_in = [sys.executable, "-m", "exchange", "fake-binance", "--port", str(binance_port)]
         server = [

@@ -18,6 +18,7 @@ from exchange.ledger.batches import MovementBatches
 from exchange.ledger.turns import UserTurns
 from exchange.prices.cache import PriceCache
 from exchange.prices.feed import PriceFeed
+from exchange.prices.slots import Slots
 from exchange.prices.stream import PriceStream
 from exchange.store.db import FairPool
 
@@ -27,6 +28,8 @@ class Services:
     settings: Settings
     pool: FairPool  # PostgreSQL, FIFO
     redis: aioredis.Redis
+    deployment_id: str  # this deployment's own, stored in PostgreSQL (migration 014)
+    redis_namespace: str  # every Redis key and channel of the deployment starts with it
     rate_limiter: RateLimiter  # login/register limits and the per-user movement quota
     verified_tokens: VerifiedTokens  # JWTs this worker has checked, until they expire
     denylist: Denylist  # revoked tokens, disabled and deleted users
@@ -36,6 +39,7 @@ class Services:
     http: httpx.AsyncClient  # to Binance
     prices: PriceCache
     price_stream: PriceStream  # this worker's WebSocket fan-out and latest quotes
+    ws_slots: Slots  # WebSocket connections, counted for the whole server
     price_feed: PriceFeed  # the elected poller
 
 

@@ -29,9 +29,11 @@ from typing import Any
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
+from exchange.config import Settings
 from exchange.ops.http_limits import HttpLimits, uvicorn_options
 from exchange.ops.logs import logging_config, write_logs_before_dying_of
 from exchange.ops.sockets import bound_socket
+from exchange.ops.wire import WireProtocol
 
 log = logging.getLogger("exchange.ops.serving")
 # How long a stopping worker may finish its requests before it is killed.
@@ -69,11 +71,13 @@ def run_uvicorn(
     log_level: str,
     log_format: str,
     http_limits: HttpLimits | None = None,
+    ws_options: dict[str, Any] | None = None,
 ) -> None:
     """`exchange bench --ceiling` serves its bare endpoint through this too, so the two
     are served alike."""
     http_limits = http_limits or HttpLimits()
     options: dict[str, Any] = {
+        **(ws_options or {}),
         "factory": True,
         "host": host,
         "port": port,
@@ -107,6 +111,25 @@ def _with_limits(options: dict[str, Any]) -> dict[str, Any]:
     options = dict(options)
     limits = options.pop("http_limits")
     return {**options, **uvicorn_options(limits)}
+
+
+# The price socket expects nothing from clients: a frame announcing more than this is
+# refused (close 1009) before its payload is read. With uvicorn's default, 16 MiB, ten
+# partial 15 MB frames added 145 MB of RSS.
+WS_MAX_MESSAGE_BYTES = 4_096
+
+
+def websocket_options(settings: Settings) -> dict[str, Any]:
+    """How uvicorn serves WebSockets: through WireProtocol (exchange/ops/wire.py), with
+    the keepalive ping from the settings, small messages, and no compression (every
+    price frame is built once for all clients, and deflate kept zlib state per connection)."""
+    return {
+        "ws": WireProtocol,
+        "ws_max_size": WS_MAX_MESSAGE_BYTES,
+        "ws_ping_interval": settings.ws_ping_interval_ms / 1000,
+        "ws_ping_timeout": settings.ws_ping_timeout_ms / 1000,
+        "ws_per_message_deflate": False,
+    }
 
 
 def serve_worker(factory: str, options: dict[str, Any]) -> None:

@@ -4,7 +4,8 @@ Every worker runs a PriceFeed. They compete for a lease, `{prefix}price:feed-lea
 (SET NX with a TTL of PRICE_FEED_LEASE_MS), which its holder renews three times per
 lease. Only the holder polls: every PRICE_POLL_MS it refreshes all markets in one
 Binance request (through the cache, which stores them) and publishes the prices that
-changed on the `{prefix}prices` channel. If the holder's worker dies, its lease runs out
+changed on the `{prefix}prices` channel ({prefix} being the deployment's namespace,
+exchange/ops/namespace.py), sealed with the deployment's id. If the holder's worker dies, its lease runs out
 and another worker takes over within one lease; a worker that stops cleanly hands the
 lease back at once.
 """
@@ -22,6 +23,7 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from exchange.ops.namespace import seal
 from exchange.ops.redis_loops import Loops
 from exchange.prices.binance import PriceUnavailable, Quote
 from exchange.prices.cache import RELEASE_IF_HOLDER, PriceCache
@@ -57,11 +59,13 @@ class PriceFeed:
         cache: PriceCache,
         *,
         prefix: str,
+        deployment_id: str,
         poll_ms: int,
         lease_ms: int,
         on_leadership: Callable[[bool], None] = lambda leading: None,
     ) -> None:
         self._redis = redis
+        self._deployment_id = deployment_id
         self._cache = cache
         self._poll_seconds = poll_ms / 1000
         self._lease_ms = lease_ms
@@ -134,7 +138,7 @@ class PriceFeed:
         if not changed:
             return
         try:
-            await self._redis.publish(self._channel, encode_quotes(changed))
+            await self._redis.publish(self._channel, seal(self._deployment_id, encode_quotes(changed)))
         except RedisError as exc:
             log.warning("price feed: not published (%s)", type(exc).__name__)
             return

@@ -182,5 +182,9 @@ def movement(row: Any) -> tuple[Transaction, bool]:
     return Transaction(**{name: row[name] for name in TRANSACTION_FIELDS}), replayed
 
 
+async def deployment_id(pool: Executor) -> str:
+    return str(await pool.fetchval(Q.deployment_id))
+
+
 async def market_symbols(pool: Executor) -> list[str]:
     return [row["symbol"] for row in await pool.fetch(Q.market_symbols)]

@@ -18,6 +18,7 @@ from conftest import audit, key, ledger_counts, login, move
 from pinned_exchange import Exchange, exchange_server
 
 from exchange.config import Settings
+from exchange.ops.namespace import seal
 from exchange.prices.binance import Quote
 from exchange.prices.cache import now_ms
 from exchange.prices.feed import channel_name, encode_quotes
@@ -139,8 +140,9 @@ async def test_the_trade_uses_the_published_price_this_worker_holds_while_it_is_
 
         async def publish(price: str, age_ms: int) -> None:
             quote = Quote("BTCUSDT", Decimal(price), now_ms() - age_ms)
-            channel = channel_name(exchange.app.state.services.settings.redis_prefix)
-            await exchange.app.state.services.redis.publish(channel, encode_quotes([quote]))
+            services = exchange.app.state.services
+            message = seal(services.deployment_id, encode_quotes([quote]))
+            await services.redis.publish(channel_name(services.redis_namespace), message)
             for _ in range(100):
                 if stream.latest.get("BTCUSDT") == quote:
                     return

@@ -27,6 +27,7 @@ from private_servers import PrivateRedis, private_redis
 
 from exchange.app import create_app
 from exchange.config import Settings
+from exchange.ops.namespace import redis_namespace, seal
 from exchange.store import repository as repo
 
 
@@ -214,8 +215,9 @@ async def test_register_is_limited_per_email(settings: Settings) -> None:
 
 
 async def test_logout_revokes_that_token_everywhere_and_no_other(
-    client: httpx.AsyncClient, settings: Settings, database_url: str
+    client: httpx.AsyncClient, settings: Settings, deployment_id: str
 ) -> None:
+    namespace = redis_namespace(settings.redis_prefix, deployment_id)
     account = await register_and_login(client)
     other_token = await login(client, account.email)
     async with own_server(settings, auth_reload_ms=600_000) as (second_app, second):
@@ -223,7 +225,8 @@ async def test_logout_revokes_that_token_everywhere_and_no_other(
         assert (await me(second, account.headers)).status_code == 200
         # A stray message on the channel is ignored; the listener carries on.
         async with aioredis.from_url(settings.redis_url) as redis:
-            await redis.publish(f"{settings.redis_prefix}auth", b'{"op": "nonsense"}')
+            await redis.publish(f"{namespace}auth", b'{"op": "nonsense"}')
+            await redis.publish(f"{namespace}auth", seal(deployment_id, b'{"op": "nonsense"}'))
 
         assert (await client.post("/api/v1/auth/logout", headers=account.headers)).status_code == 204
 
@@ -246,7 +249,7 @@ async def test_logout_revokes_that_token_everywhere_and_no_other(
     token = account.headers["Authorization"].removeprefix("Bearer ")
     claims = jwt.decode(token, options={"verify_signature": False})
     async with aioredis.from_url(settings.redis_url) as redis:
-        score = await redis.zscore(f"{settings.redis_prefix}auth:revoked", claims["jti"])
+        score = await redis.zscore(f"{namespace}auth:revoked", claims["jti"])
         assert score == claims["exp"]
 
 

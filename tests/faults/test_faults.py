@@ -458,7 +458,7 @@ async def test_redis_down_money_moves_prices_fall_back_nothing_fails_and_pushes_
                 assert app.state.services.price_feed.is_leader
                 cached = aioredis.from_url(redis_server.url)
                 try:
-                    assert await cached.get(f"{configured.redis_prefix}price:BTCUSDT")
+                    assert await cached.get(f"{app.state.services.redis_namespace}price:BTCUSDT")
                 finally:
                     await cached.aclose()
 

@@ -11,7 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from exchange.bench import report
+from exchange.bench import report, ws
 from exchange.bench.scenarios import SCENARIOS
 from exchange.config import Settings
 
@@ -98,3 +98,15 @@ def test_the_table_says_pgbench_was_not_measured_only_when_it_was_not() -> None:
         assert "not measured" not in text
         missing = report.table(results("pgbench is not installed", rounds))
         assert "pgbench: not measured (pgbench is not installed)" in missing
+
+
+async def test_the_ws_scenario_hears_every_update_at_every_subscriber(base_url: str) -> None:
+    """Against the session's server (its feed polls every 100 ms): 20 raw subscribers."""
+    results = await ws.run_ws(base_url, subscribers=20, seconds=1.5, server_pid=None)
+    assert results["dropped"] == [] and results["in_order"] is True
+    counts = results["messages_per_subscriber"]
+    assert counts["min"] >= 5 and counts["max"] - counts["min"] <= 1  # every update, each
+    assert results["messages"] >= 20 * counts["min"]
+    assert 0 < results["delivery_delay_ms"]["p50"] <= results["delivery_delay_ms"]["p99"]
+    assert results["rest_read_ms_alone"]["p50"] > 0 and results["rest_read_ms_with_subscribers"]["p50"] > 0
+    assert "ws: 20 subscribers" in ws.table({"ws": results})

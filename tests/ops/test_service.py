@@ -182,7 +182,7 @@ def test_readme_documents_every_setting() -> None:
         ({"PRICE_CACHE_TTL_MS": "10000", "PRICE_STALE_MAX_MS": "5000"}, "PRICE_STALE_MAX_MS"),
         ({"PRICE_POLL_MS": "10"}, "PRICE_POLL_MS"),
         ({"PRICE_CACHE_TTL_MS": "10000", "TRADE_PRICE_MAX_AGE_MS": "5000"}, "TRADE_PRICE_MAX_AGE_MS"),
-        ({"WS_QUEUE_SIZE": "4", "WS_MAX_SYMBOLS": "5"}, "WS_QUEUE_SIZE"),
+        ({"WS_SEND_TIMEOUT_MS": "20000", "WS_PING_TIMEOUT_MS": "20000"}, "WS_SEND_TIMEOUT_MS"),
         ({"BINANCE_MAX_ATTEMPTS": "0"}, "binance_max_attempts"),
         ({"FAKE_BINANCE": "maybe"}, "fake_binance"),
         ({"EXCHANGE_ENV": "production"}, "JWT_SECRET"),

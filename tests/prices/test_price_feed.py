@@ -15,12 +15,15 @@ import redis.asyncio as aioredis
 
 from exchange.app import price_cache, price_feed
 from exchange.config import Settings
+from exchange.ops.namespace import opened, redis_namespace
 from exchange.prices.binance import Quote, create_http_client
 from exchange.prices.feed import PriceFeed, channel_name, decode_quotes
 from tests.conftest import FakeBinanceControl, fake_binance_server
 
 SYMBOLS = ["BNBUSDT", "BTCUSDT", "ETHUSDT", "SOLUSDT"]
 LEASE_MS = 600
+# These feeds run without a database: a made-up deployment id stands for its own.
+DEPLOYMENT_ID = "feed-test"
 
 
 def feed_settings(settings: Settings, fake: FakeBinanceControl) -> Settings:
@@ -38,7 +41,9 @@ async def feed_worker(settings: Settings) -> AsyncIterator[PriceFeed]:
     """A worker's feed, wired as the app wires it, with its own Redis and HTTP clients."""
     redis = aioredis.from_url(settings.redis_url)
     http = create_http_client(settings)
-    feed = price_feed(settings, redis, price_cache(settings, redis, http, SYMBOLS))
+    namespace = redis_namespace(settings.redis_prefix, DEPLOYMENT_ID)
+    cache = price_cache(settings, redis, http, SYMBOLS, namespace)
+    feed = price_feed(settings, redis, cache, namespace, DEPLOYMENT_ID)
     feed.start()
     try:
         yield feed
@@ -67,7 +72,8 @@ async def test_two_feeds_elect_one_poller_and_another_takes_over_when_it_dies(se
                 assert first.is_leader != second.is_leader
                 await asyncio.sleep(0.05)
             leader, follower = (first, second) if first.is_leader else (second, first)
-            assert await redis.get(f"{configured.redis_prefix}price:feed-leader") == leader.worker_id
+            namespace = redis_namespace(configured.redis_prefix, DEPLOYMENT_ID)
+            assert await redis.get(f"{namespace}price:feed-leader") == leader.worker_id
             assert leader.polls >= 5 and follower.polls == 0  # only the leader asks Binance
 
             # The leader's worker dies: its loops end, and nobody hands the lease over.
@@ -101,7 +107,7 @@ async def test_the_feed_publishes_only_prices_that_changed(settings: Settings) -
         configured = feed_settings(settings, fake)
         redis = aioredis.from_url(settings.redis_url)
         async with redis.pubsub() as pubsub:
-            await pubsub.subscribe(channel_name(configured.redis_prefix))
+            await pubsub.subscribe(channel_name(redis_namespace(configured.redis_prefix, DEPLOYMENT_ID)))
 
             async def next_message(timeout: float) -> list[Quote] | None:
                 # get_message also answers None for the (ignored) subscribe confirmation.
@@ -109,7 +115,9 @@ async def test_the_feed_publishes_only_prices_that_changed(settings: Settings) -
                 while (left := deadline - time.monotonic()) > 0:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
                     if message is not None:
-                        return decode_quotes(message["data"])
+                        envelope = opened(message["data"])
+                        assert envelope.deployment == DEPLOYMENT_ID
+                        return decode_quotes(envelope.body)
                 return None
 
             async with feed_worker(configured) as feed:
@@ -128,7 +136,8 @@ async def test_the_feed_publishes_only_prices_that_changed(settings: Settings) -
 
                 # The cache holds what was published, for every worker to read.
                 async with httpx.AsyncClient() as http:
-                    cache = price_cache(configured, redis, http, SYMBOLS)
+                    namespace = redis_namespace(configured.redis_prefix, DEPLOYMENT_ID)
+                    cache = price_cache(configured, redis, http, SYMBOLS, namespace)
                     cached = await cache.read(["BTCUSDT"])
                 assert cached["BTCUSDT"].price == Decimal("60100.50")
         await redis.aclose()

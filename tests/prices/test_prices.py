@@ -21,6 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from exchange.config import Settings
+from exchange.ops.namespace import redis_namespace
 from tests.conftest import FakeBinanceControl, fake_binance_server, running_server
 
 SYMBOLS = ["BNBUSDT", "BTCUSDT", "ETHUSDT", "SOLUSDT"]
@@ -71,7 +72,7 @@ async def test_a_cold_read_fetches_once_and_the_next_is_served_from_redis(settin
         assert await fake.upstream_requests() == 1
 
 
-async def test_the_cache_lives_in_redis_with_a_ttl(settings: Settings) -> None:
+async def test_the_cache_lives_in_redis_with_a_ttl(settings: Settings, deployment_id: str) -> None:
     async with fake_binance_server() as fake:
         configured = price_settings(settings, fake, price_stale_max_ms=30_000)
         async with running_server(configured) as url, httpx.AsyncClient(base_url=url) as http:
@@ -79,7 +80,7 @@ async def test_the_cache_lives_in_redis_with_a_ttl(settings: Settings) -> None:
     # The server is gone; what it cached stays in Redis, for any worker or host to read.
     redis = aioredis.from_url(settings.redis_url)
     try:
-        key = f"{configured.redis_prefix}price:ETHUSDT"
+        key = f"{redis_namespace(configured.redis_prefix, deployment_id)}price:ETHUSDT"
         value = msgspec.json.decode(await redis.get(key))
         assert value["symbol"] == "ETHUSDT"
         assert Decimal(value["price"]) == Decimal(served["price"])
@@ -196,16 +197,17 @@ async def test_while_redis_is_down_a_worker_answers_from_its_own_copy(settings: 
         assert await fake.upstream_requests() == 1
 
 
-async def test_an_unreadable_cached_value_is_a_miss_not_a_500(settings: Settings) -> None:
+async def test_an_unreadable_cached_value_is_a_miss_not_a_500(settings: Settings, deployment_id: str) -> None:
     async with fake_binance_server() as fake:
         configured = price_settings(settings, fake)
         redis = aioredis.from_url(settings.redis_url)
-        await redis.set(f"{configured.redis_prefix}price:BTCUSDT", b'{"not": "a quote"}', px=60_000)
+        key = f"{redis_namespace(configured.redis_prefix, deployment_id)}price:BTCUSDT"
+        await redis.set(key, b'{"not": "a quote"}', px=60_000)
         async with running_server(configured) as url, httpx.AsyncClient(base_url=url) as http:
             answer = await http.get("/api/v1/prices/BTCUSDT")
             assert answer.status_code == 200, answer.text
             assert await fake.upstream_requests() == 1
-        stored = msgspec.json.decode(await redis.get(f"{configured.redis_prefix}price:BTCUSDT"))
+        stored = msgspec.json.decode(await redis.get(key))
         assert stored["symbol"] == "BTCUSDT"  # overwritten with a good quote
         await redis.aclose()
 

@@ -14,10 +14,13 @@ from litestar.di import NamedDependency
 from litestar.exceptions import WebSocketDisconnect
 from litestar.params import FromQuery, PathParameter, QueryParameter
 
+from exchange.config import Settings
 from exchange.http.errors import ErrorDetail, HTTPError, documented
 from exchange.http.services import Services, services_of
+from exchange.ops.wire import wire_of
 from exchange.prices.cache import PriceCache
-from exchange.prices.stream import PriceStream, Subscriber, TooManyClients
+from exchange.prices.slots import AddressFull, ServerFull, Slots
+from exchange.prices.stream import PriceStream, Subscriber
 from exchange.schemas import SYMBOL_PATTERN, Price, StreamError
 
 _SYMBOL = re.compile(SYMBOL_PATTERN)
@@ -25,6 +28,9 @@ _SYMBOL = re.compile(SYMBOL_PATTERN)
 CLOSE_POLICY = 1008
 CLOSE_TRY_LATER = 1013
 CLOSE_WAIT_SECONDS = 1.0
+# A dropped client has this long to take its last messages and the close; then the
+# connection is cut, whatever it still holds.
+CLOSE_GRACE_SECONDS = 10.0
 
 
 def unknown_symbol(symbols: list[str]) -> HTTPError:
@@ -85,23 +91,37 @@ async def price_stream(socket: WebSocket[Any, Any, State], symbols: FromQuery[st
     services = services_of(socket.app.state)
     cache: PriceCache = services.prices
     stream: PriceStream = services.price_stream
+    slots: Slots = services.ws_slots
+    settings: Settings = services.settings
     await socket.accept()
     try:
-        names = _followed_symbols(symbols, cache, services.settings.ws_max_symbols)
-        client = stream.subscribe(names)
+        names = _followed_symbols(symbols, cache, settings.ws_max_symbols)
+        slot = await slots.take(socket.client.host if socket.client else None)
     except HTTPError as exc:
         await _refuse(socket, exc.code, exc.message, CLOSE_POLICY, exc.details)
         return
-    except TooManyClients:
+    except AddressFull:
+        limit = settings.ws_max_connections_per_address
+        message = "too many WebSocket connections from this address"
+        await _refuse(socket, "too_many_connections_from_address", message, CLOSE_POLICY, {"max": limit})
+        return
+    except ServerFull:
         await _refuse(
             socket, "too_many_connections", "this server is at its WebSocket limit", CLOSE_TRY_LATER
         )
         return
     try:
-        stream.offer(client, (await cache.read(names)).values())
-        await _pump(socket, client, services.settings.ws_send_timeout_ms)
+        wire = wire_of(socket.scope)
+        if wire is not None:
+            wire.limit_send_buffer()
+        client = stream.subscribe(names, wire)
+        try:
+            stream.offer(client, (await cache.read(names)).values())
+            await _pump(socket, client, settings.ws_send_timeout_ms)
+        finally:
+            stream.unsubscribe(client)
     finally:
-        stream.unsubscribe(client)
+        await slots.release(slot)
 
 
 def _followed_symbols(raw: str | None, cache: PriceCache, max_symbols: int) -> list[str]:
@@ -127,18 +147,22 @@ def _followed_symbols(raw: str | None, cache: PriceCache, max_symbols: int) -> l
 
 
 async def _pump(socket: WebSocket[Any, Any, State], client: Subscriber, send_timeout_ms: int) -> None:
-    """Send the client's queued messages until it leaves, is dropped, or stops reading."""
-    reader = asyncio.create_task(_discard_incoming(socket))
-    dropped = asyncio.create_task(client.dropped.wait())
-    sender = asyncio.create_task(_send_queued(socket, client, send_timeout_ms))
+    """Wait until the client leaves or is dropped; without a wire, send its queue."""
+    tasks = [asyncio.create_task(_discard_incoming(socket)), asyncio.create_task(client.dropped.wait())]
+    if client.wire is None:
+        tasks.append(asyncio.create_task(_send_queued(socket, client, send_timeout_ms)))
     try:
-        done, _ = await asyncio.wait({reader, dropped, sender}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (reader, dropped, sender):
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(reader, dropped, sender, return_exceptions=True)
-    if reader not in done:  # the client did not leave: it is too slow or we are stopping
-        await _refuse(socket, "too_slow", "the connection fell too far behind and was dropped", CLOSE_POLICY)
+        await asyncio.gather(*tasks, return_exceptions=True)
+    if tasks[0] in done:  # the client left
+        return
+    # It is too slow (or we are stopping).
+    await _refuse(socket, "too_slow", "the connection fell too far behind and was dropped", CLOSE_POLICY)
+    if client.wire is not None:
+        client.wire.abort_later(CLOSE_GRACE_SECONDS)
 
 
 async def _send_queued(socket: WebSocket[Any, Any, State], client: Subscriber, send_timeout_ms: int) -> None:
@@ -148,6 +172,7 @@ async def _send_queued(socket: WebSocket[Any, Any, State], client: Subscriber, s
             await asyncio.wait_for(socket.send_text(text), send_timeout_ms / 1000)
         except TimeoutError:
             return
+        client.taken(text)
 
 
 async def _discard_incoming(socket: WebSocket[Any, Any, State]) -> None:
