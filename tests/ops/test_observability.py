@@ -555,7 +555,11 @@ def test_serve_stops_when_its_workers_cannot_start() -> None:
             "from exchange.ops.serving import run_uvicorn; "
             f"run_uvicorn('test_observability:failing_app', '127.0.0.1', {free_port()}, 2, 'info', 'json')",
         ],
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+        # This folder (the app factory) and tests/ (the conftest it imports).
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(Path(__file__).parents[1])]),
+        },
         capture_output=True,
         text=True,
         timeout=120,
