@@ -136,6 +136,13 @@ def serve_worker(factory: str, options: dict[str, Any]) -> None:
     """One worker process: uvicorn on a listening socket of its own."""
     config = uvicorn.Config(factory, **_with_limits(options))  # sets up this process's logging
     write_logs_before_dying_of(signal.SIGTERM)
+    try:
+        config.load()  # imports the app: a worker that cannot is a start that failed
+    except (SystemExit, Exception):
+        # uvicorn exits 1 (or an import raises): said as a failed start, the supervisor
+        # stops instead of starting workers that die the same way, forever.
+        log.exception("the app could not be loaded")
+        raise SystemExit(STARTUP_FAILURE) from None
     sock = bound_socket(options["host"], options["port"], reuse_port=True)
     uvicorn.Server(config).run(sockets=[sock])  # listens; SIGINT/SIGTERM stop it gracefully
 

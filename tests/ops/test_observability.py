@@ -567,3 +567,21 @@ def test_serve_stops_when_its_workers_cannot_start() -> None:
     assert server.returncode == 3, server.stderr[-3000:]  # uvicorn's STARTUP_FAILURE
     assert "failed to start; stopping" in server.stderr
     assert time.monotonic() - started < 60
+
+
+def test_serve_stops_when_its_app_cannot_be_imported() -> None:
+    # A broken deploy: every worker would die the same way, so the server stops (exit 3)
+    # instead of starting workers forever.
+    server = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from exchange.ops.serving import run_uvicorn; "
+            f"run_uvicorn('no_such_module_here:app', '127.0.0.1', {free_port()}, 2, 'info', 'json')",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert server.returncode == 3, server.stderr[-3000:]
+    assert "failed to start; stopping" in server.stderr
