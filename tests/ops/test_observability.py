@@ -471,6 +471,15 @@ async def test_serve_with_two_workers_logs_json_and_metrics_add_up_every_worker(
 
             assert await eventually(new_leader)
             assert await eventually(one_leader)
+
+            # The supervisor starts a worker in the dead one's place; stop only once it is up.
+            async def replaced() -> bool:
+                started = {
+                    r["pid"] for r in server.records() if r["message"] == "Application startup complete."
+                }
+                return len(started - {leader_pid}) == 2
+
+            assert await eventually(replaced, 20)
             metrics = await scrape(http)
             assert (
                 value(metrics, "exchange_http_requests_total", route="/health", method="GET", status="200")
