@@ -225,6 +225,29 @@ class HouseBalance(msgspec.Struct):
     balance: Decimal
 
 
+class Order(msgspec.Struct):
+    """A limit order (sql/functions/orders.sql, order_answer). Fills are whole:
+    executed_qty is 0 or quantity. locked_amount of locked_asset is what it reserves
+    while NEW; transaction_id is its fill, once FILLED."""
+
+    id: int
+    symbol: str
+    side: Literal["buy", "sell"]
+    type: Literal["market", "limit"]
+    time_in_force: Literal["GTC", "IOC", "FOK"]
+    price: Decimal | None
+    quantity: Decimal
+    executed_qty: Decimal
+    cumulative_quote_qty: Decimal
+    status: Literal["NEW", "FILLED", "CANCELED", "EXPIRED", "REJECTED"]
+    locked_asset: str
+    locked_amount: Decimal
+    client_order_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    transaction_id: int | None
+
+
 class TransactionPage(msgspec.Struct):
     transactions: list[Transaction]
     # Pass as ?before= to get the next (older) page; null on the last page.
