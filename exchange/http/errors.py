@@ -71,6 +71,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "quantity_out_of_range": 422,
     "below_min_notional": 422,
     "price_off_tick": 422,
+    "field_not_for_order_type": 422,
     "price_out_of_band": 422,
     "invalid_price_guard": 422,
     "password_too_short": 422,

@@ -205,6 +205,25 @@ async def cancel_order(pool: Executor, user_id: int, order_id: int) -> Order:
     return order(await pool.fetchrow(Q.order_cancel, user_id, order_id))[0]
 
 
+async def order_for_user(pool: Executor, user_id: int, order_id: int) -> Order | None:
+    row = await pool.fetchrow(Q.order_for_user, user_id, order_id)
+    return None if row is None else order(row)[0]
+
+
+async def orders_for_user(
+    pool: Executor,
+    user_id: int,
+    *,
+    status: str | None,
+    symbol: str | None,
+    client_order_id: str | None,
+    before: int | None,
+    limit: int,
+) -> list[Order]:
+    rows = await pool.fetch(Q.orders_for_user, user_id, status, symbol, client_order_id, before, limit)
+    return [order(row)[0] for row in rows]
+
+
 async def fill_crossed_orders(
     pool: Executor, symbol: str, price: Decimal, price_at: datetime, batch: int
 ) -> int:

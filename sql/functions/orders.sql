@@ -85,8 +85,7 @@ BEGIN
     SELECT o.id, o.symbol, o.side, o.type, o.time_in_force, o.price, o.quantity, o.executed_qty,
            o.cumulative_quote_qty, o.status, o.locked_asset, o.locked_amount, o.client_order_id,
            o.created_at, o.updated_at,
-           (SELECT t.id FROM transactions AS t WHERE t.order_id = o.id AND t.user_id = o.user_id),
-           p_replayed
+           o.fill_transaction_id, p_replayed
     INTO v_answer
     FROM orders AS o
     WHERE o.id = p_order_id;
@@ -191,7 +190,7 @@ BEGIN
         UPDATE transactions SET order_id = v_order_id WHERE transactions.id = v_trade.id;
         UPDATE orders
         SET status = 'FILLED', executed_qty = v_quantity, cumulative_quote_qty = v_trade.quote_qty,
-            updated_at = now()
+            fill_transaction_id = v_trade.id, updated_at = now()
         WHERE orders.id = v_order_id;
     ELSIF p_time_in_force = 'GTC' THEN
         SELECT w.id, w.balance - w.locked INTO v_wallet_id, v_available
@@ -306,10 +305,13 @@ BEGIN
             cumulative_quote_qty = CASE o.side WHEN 'buy' THEN round_up(o.quantity * o.price, v_market.quote_scale)
                                                ELSE trunc(o.quantity * o.price, v_market.quote_scale) END,
             locked_amount = 0,
+            -- The fill's id, taken now: a FILLED order names its fill (a CHECK).
+            fill_transaction_id = nextval(pg_get_serial_sequence('transactions', 'id')),
             updated_at = now()
         WHERE o.id = ANY (v_order_ids)
           AND o.status = 'NEW'
-        RETURNING o.id, o.user_id, o.side, o.price, o.quantity, o.cumulative_quote_qty AS notional
+        RETURNING o.id, o.user_id, o.side, o.price, o.quantity, o.cumulative_quote_qty AS notional,
+                  o.fill_transaction_id
     ), priced AS (
         SELECT f.*,
                array_position(v_order_ids, f.id) AS ordinal,
@@ -338,10 +340,11 @@ BEGIN
                m.quote_before + sum(m.quote_delta) OVER (PARTITION BY m.user_id ORDER BY m.ordinal) AS quote_after
         FROM moved AS m
     ), tx AS (
-        INSERT INTO transactions (user_id, kind, idempotency_key, request_hash, asset, amount, balance_after,
+        INSERT INTO transactions (id, user_id, kind, idempotency_key, request_hash, asset, amount, balance_after,
                                   symbol, quote_asset, price, quote_qty, fee, fee_asset, price_at,
                                   quote_balance_after, order_id)
-        SELECT f.user_id, f.side, 'fill order ' || f.id, sha256(convert_to('fill order ' || f.id, 'UTF8')),
+        OVERRIDING SYSTEM VALUE
+        SELECT f.fill_transaction_id, f.user_id, f.side, 'fill order ' || f.id, sha256(convert_to('fill order ' || f.id, 'UTF8')),
                v_market.base, f.quantity, f.base_after, v_market.symbol, v_market.quote, f.price,
                f.notional, f.fee, CASE f.side WHEN 'buy' THEN v_market.base ELSE v_market.quote END,
                p_price_at, f.quote_after, f.id
@@ -369,7 +372,7 @@ BEGIN
         INSERT INTO entries (transaction_id, account_id, asset, amount)
         SELECT t.id, e.account_id, e.asset, e.amount
         FROM fills AS f
-        JOIN tx AS t ON t.order_id = f.id
+        JOIN tx AS t ON t.id = f.fill_transaction_id
         CROSS JOIN LATERAL (
             VALUES (f.base_wallet_id, v_market.base, f.base_delta),
                    (v_market.base_market_account_id, v_market.base, -f.base_delta - f.base_fee),

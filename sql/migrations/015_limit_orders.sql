@@ -43,6 +43,9 @@ CREATE TABLE orders (
     client_order_id       text CHECK (client_order_id ~ '^[A-Za-z0-9._-]{1,36}$'),
     idempotency_key       text NOT NULL CHECK (length(idempotency_key) BETWEEN 1 AND 100),
     request_hash          bytea NOT NULL,
+    -- The fill (a buy or sell transaction whose order_id is this order), once FILLED.
+    -- Kept here so that reading an order needs no index on transactions.order_id.
+    fill_transaction_id   bigint,
     created_at            timestamptz NOT NULL DEFAULT now(),
     updated_at            timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT orders_user_idempotency_key UNIQUE (user_id, idempotency_key),
@@ -50,7 +53,8 @@ CREATE TABLE orders (
     CONSTRAINT orders_limit_has_price CHECK ((type = 'limit') = (price IS NOT NULL)),
     -- A final order holds no lock; a FILLED one executed all of its quantity.
     CONSTRAINT orders_final_holds_no_lock CHECK (status = 'NEW' OR locked_amount = 0),
-    CONSTRAINT orders_filled_is_whole CHECK ((status = 'FILLED') = (executed_qty = quantity))
+    CONSTRAINT orders_filled_is_whole CHECK ((status = 'FILLED') = (executed_qty = quantity)),
+    CONSTRAINT orders_filled_has_fill CHECK ((status = 'FILLED') = (fill_transaction_id IS NOT NULL))
 );
 -- The allowed transitions (NEW -> FILLED, CANCELED, EXPIRED or REJECTED; a final
 -- status never changes) are enforced by the trigger orders_status_transition
