@@ -3,6 +3,7 @@ client and the price feed, and closes them in reverse order."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -45,11 +46,12 @@ from exchange.ops.namespace import redis_namespace
 from exchange.prices.binance import BinanceClient, create_http_client
 from exchange.prices.cache import PriceCache
 from exchange.prices.feed import PriceFeed
+from exchange.prices.order_fills import fill_crossed
 from exchange.prices.slots import Slots
 from exchange.prices.stream import PriceStream
 from exchange.schemas import DecimalText, decimal_text
 from exchange.store import repository as repo
-from exchange.store.db import create_pool
+from exchange.store.db import FairPool, create_pool
 
 API_PREFIX = "/api/v1"
 REDIS_TIMEOUT_SECONDS = 2.0
@@ -133,7 +135,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 max_connections=settings.ws_max_connections,
                 max_per_address=settings.ws_max_connections_per_address,
             ),
-            price_feed=price_feed(settings, redis, prices, namespace, deployment_id),
+            price_feed=price_feed(settings, redis, prices, namespace, deployment_id, pool),
         )
         app.state.services = services
         await services.ws_slots.start()
@@ -213,7 +215,12 @@ def price_cache(
 
 
 def price_feed(
-    settings: Settings, redis: aioredis.Redis, cache: PriceCache, namespace: str, deployment_id: str
+    settings: Settings,
+    redis: aioredis.Redis,
+    cache: PriceCache,
+    namespace: str,
+    deployment_id: str,
+    pool: FairPool | None = None,
 ) -> PriceFeed:
     return PriceFeed(
         redis,
@@ -223,6 +230,8 @@ def price_feed(
         poll_ms=settings.price_poll_ms,
         lease_ms=settings.price_feed_lease_ms,
         on_leadership=feed_leadership_changed,
+        # Resting limit orders fill when the leader's prices cross them.
+        after_poll=None if pool is None else functools.partial(fill_crossed, pool),
     )
 
 

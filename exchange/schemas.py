@@ -27,6 +27,7 @@ NO_CONTROL_CHARS = rf"^[^\x00-\x1f\x7f]*{END}"
 # Ids are PostgreSQL bigint, but a JSON client (JavaScript's Number) reads integers
 # exactly only up to 2**53 - 1: ids are refused above that, far beyond any real id.
 ID_MAX = 2**53 - 1
+CLIENT_ORDER_ID_PATTERN = r"^[A-Za-z0-9._-]{1,36}$"
 ASSET_PATTERN = rf"^[A-Za-z0-9]{{2,12}}{END}"
 SYMBOL_PATTERN = rf"^[A-Za-z0-9]{{2,20}}{END}"
 # Printable ASCII without spaces, as UUIDs and most client-generated keys are.
@@ -109,9 +110,15 @@ class User(msgspec.Struct):
     created_at: datetime
 
 
-class Wallet(msgspec.Struct):
+class Wallet(msgspec.Struct, omit_defaults=True):
+    """A balance: `balance` is the total, `locked` what resting limit orders reserve,
+    `available` what withdrawals and new orders may use (balance - locked). A trade's
+    answer gives each wallet's balance only (as the trade left it)."""
+
     asset: str
     balance: Decimal
+    locked: Decimal | None = None
+    available: Decimal | None = None
 
 
 class AmountRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -124,12 +131,33 @@ class AmountRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class OrderRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """A market order: exactly one of `quantity` (base) and `quote_quantity` (quote, as
-    Binance's quoteOrderQty), and optionally a price guard: `max_price` for a buy,
-    `min_price` for a sell (409 price_moved if the price has crossed it)."""
+    """A market order (`type` "market", the default): exactly one of `quantity` (base)
+    and `quote_quantity` (quote, as Binance's quoteOrderQty), and optionally a price
+    guard: `max_price` for a buy, `min_price` for a sell (409 price_moved if the price
+    has crossed it). A limit order (`type` "limit"): `quantity`, `price`, optionally
+    `time_in_force` (GTC by default, IOC or FOK) and `client_order_id`."""
 
     symbol: Annotated[str, msgspec.Meta(pattern=SYMBOL_PATTERN, examples=["BTCUSDT"])]
     side: Literal["buy", "sell"]
+    type: Literal["market", "limit"] = "market"
+    price: Annotated[
+        DecimalText | None,
+        msgspec.Meta(description="Limit only: the limit price, on the market's tick.", examples=["60000.00"]),
+    ] = None
+    time_in_force: Annotated[
+        Literal["GTC", "IOC", "FOK"] | None,
+        msgspec.Meta(description="Limit only: GTC (rests until filled or cancelled; the default), IOC, FOK."),
+    ] = None
+    client_order_id: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                pattern=CLIENT_ORDER_ID_PATTERN,
+                description="Limit only: your own id, unique among your orders.",
+            ),
+        ]
+        | None
+    ) = None
     quantity: Annotated[
         DecimalText | None,
         msgspec.Meta(description="Base quantity, a multiple of the market's step.", examples=["0.01"]),
@@ -156,6 +184,25 @@ class OrderRequest(msgspec.Struct, forbid_unknown_fields=True):
             raise ExchangeError("invalid_price_guard", message, {"field": other})
         guard = getattr(self, given)
         return None if guard is None else checked_decimal(guard, given)
+
+    def limit_fields(self) -> tuple[Decimal, Decimal]:
+        """(price, quantity) of a limit order; a market order's fields are refused."""
+        for field in ("quote_quantity", "max_price", "min_price"):
+            if getattr(self, field) is not None:
+                message = f"a limit order takes no {field}"
+                raise ExchangeError("field_not_for_order_type", message, {"field": field})
+        for field in ("price", "quantity"):
+            if getattr(self, field) is None:
+                message = f"a limit order needs {field}"
+                raise ExchangeError("field_not_for_order_type", message, {"field": field})
+        return checked_decimal(self.price, "price"), checked_decimal(self.quantity, "quantity")  # type: ignore[arg-type]
+
+    def refuse_limit_fields(self) -> None:
+        """A market order takes none of a limit order's fields."""
+        for field in ("price", "time_in_force", "client_order_id"):
+            if getattr(self, field) is not None:
+                message = f'{field} is for limit orders (type "limit")'
+                raise ExchangeError("field_not_for_order_type", message, {"field": field})
 
     def checked_quantities(self) -> tuple[Decimal | None, Decimal | None]:
         """(quantity, quote_quantity), each sane if given; SQL checks the market's rules.
@@ -209,11 +256,14 @@ class Transaction(msgspec.Struct, omit_defaults=True):
     quote_balance_after: Decimal | None = None
 
 
-class OrderResult(msgspec.Struct):
-    """A filled market order and the two wallets' balances right after it."""
+class OrderResult(msgspec.Struct, omit_defaults=True):
+    """A market order: its trade and the two wallets' balances right after it. A limit
+    order: the order (its `transaction_id` is its fill when it filled at once) and the
+    market's two wallets with their locked and available amounts."""
 
-    trade: Transaction
     wallets: list[Wallet]
+    trade: Transaction | None = None
+    order: Order | None = None
 
 
 class HouseBalance(msgspec.Struct):
@@ -223,6 +273,35 @@ class HouseBalance(msgspec.Struct):
     asset: str
     kind: Literal["external", "market", "fees"]
     balance: Decimal
+
+
+class Order(msgspec.Struct):
+    """A limit order (sql/functions/orders.sql, order_answer). Fills are whole:
+    executed_qty is 0 or quantity. locked_amount of locked_asset is what it reserves
+    while NEW; transaction_id is its fill, once FILLED."""
+
+    id: int
+    symbol: str
+    side: Literal["buy", "sell"]
+    type: Literal["market", "limit"]
+    time_in_force: Literal["GTC", "IOC", "FOK"]
+    price: Decimal | None
+    quantity: Decimal
+    executed_qty: Decimal
+    cumulative_quote_qty: Decimal
+    status: Literal["NEW", "FILLED", "CANCELED", "EXPIRED", "REJECTED"]
+    locked_asset: str
+    locked_amount: Decimal
+    client_order_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    transaction_id: int | None
+
+
+class OrderPage(msgspec.Struct):
+    orders: list[Order]
+    # Pass as ?before= to get the next (older) page; null on the last page.
+    next_before: int | None
 
 
 class TransactionPage(msgspec.Struct):

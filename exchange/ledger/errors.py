@@ -1,6 +1,6 @@
 """What the money functions' SQLSTATEs and the ledger's unique constraints mean, as the
 domain's error codes (exchange/errors.py). The SQLSTATEs of class EX are listed in the
-headers of sql/functions/ledger.sql, trades.sql and users.sql."""
+headers of sql/functions/ledger.sql, trades.sql, orders.sql and users.sql."""
 
 from __future__ import annotations
 
@@ -19,6 +19,10 @@ SQLSTATE_CODES: dict[str, str] = {
     "EX012": "price_moved",
     "EX013": "price_unavailable",
     "EX014": "last_admin",
+    "EX015": "price_off_tick",
+    "EX016": "price_out_of_band",
+    "EX017": "not_found",
+    "EX018": "order_not_open",
 }
 
 # Unique constraints whose violation is the client's doing -> (code, message).
@@ -27,5 +31,9 @@ UNIQUE_CODES: dict[str, tuple[str, str]] = {
     "transactions_user_key": (
         "idempotency_key_reused",
         "this Idempotency-Key was used for a different request",
+    ),
+    "orders_user_client_order_key": (
+        "duplicate_client_order_id",
+        "you already have an order with this client_order_id",
     ),
 }

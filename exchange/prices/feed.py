@@ -16,7 +16,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 
 import msgspec
@@ -63,6 +63,7 @@ class PriceFeed:
         poll_ms: int,
         lease_ms: int,
         on_leadership: Callable[[bool], None] = lambda leading: None,
+        after_poll: Callable[[list[Quote]], Awaitable[object]] | None = None,
     ) -> None:
         self._redis = redis
         self._deployment_id = deployment_id
@@ -76,6 +77,8 @@ class PriceFeed:
         self.worker_id = secrets.token_hex(8)
         self._is_leader = False
         self._on_leadership = on_leadership  # told when this worker takes or loses the lease
+        # Given every price after each poll, once it is published (exchange/prices/order_fills.py).
+        self._after_poll = after_poll
         self.polls = 0
         self._published: dict[str, Decimal] = {}
         self._loops = Loops()
@@ -135,11 +138,12 @@ class PriceFeed:
             log.warning("price feed: Binance unavailable (%s)", exc.reason)
             return
         changed = [q for q in quotes.values() if self._published.get(q.symbol) != q.price]
-        if not changed:
-            return
-        try:
-            await self._redis.publish(self._channel, seal(self._deployment_id, encode_quotes(changed)))
-        except RedisError as exc:
-            log.warning("price feed: not published (%s)", type(exc).__name__)
-            return
-        self._published.update((q.symbol, q.price) for q in changed)
+        if changed:
+            try:
+                await self._redis.publish(self._channel, seal(self._deployment_id, encode_quotes(changed)))
+            except RedisError as exc:
+                log.warning("price feed: not published (%s)", type(exc).__name__)
+                return
+            self._published.update((q.symbol, q.price) for q in changed)
+        if self._after_poll is not None:
+            await self._after_poll(list(quotes.values()))

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import asyncpg
 import msgspec
 
-from exchange.schemas import HouseBalance, StoredEmail, Transaction, User, Violation, Wallet
+from exchange.schemas import HouseBalance, Order, StoredEmail, Transaction, User, Violation, Wallet
 from exchange.store.db import FairPool
 from exchange.store.queries import Q
 
@@ -158,6 +158,77 @@ async def trade(
 
 async def house_balances(pool: Pool) -> list[HouseBalance]:
     return [HouseBalance(**row) for row in await pool.fetch(Q.house_balances)]
+
+
+ORDER_FIELDS = Order.__struct_fields__
+
+
+def order(row: Any) -> tuple[Order, bool]:
+    """(order, replayed) from an order_answer row."""
+    return Order(**{name: row[name] for name in ORDER_FIELDS}), row["replayed"]
+
+
+async def place_limit_order(
+    pool: Executor,
+    user_id: int,
+    symbol: str,
+    side: Literal["buy", "sell"],
+    price: Decimal,
+    quantity: Decimal,
+    time_in_force: Literal["GTC", "IOC", "FOK"],
+    client_order_id: str | None,
+    live_price: Decimal | None,
+    live_price_at: datetime | None,
+    price_valid_ms: int | None,
+    idempotency_key: str,
+) -> tuple[Order, bool]:
+    """(order, replayed), through sql/queries/order_place.sql. live_price is None when no
+    usable price was read."""
+    row = await pool.fetchrow(
+        Q.order_place,
+        user_id,
+        symbol,
+        side,
+        price,
+        quantity,
+        time_in_force,
+        client_order_id,
+        live_price,
+        live_price_at,
+        price_valid_ms,
+        idempotency_key,
+    )
+    return order(row)
+
+
+async def cancel_order(pool: Executor, user_id: int, order_id: int) -> Order:
+    return order(await pool.fetchrow(Q.order_cancel, user_id, order_id))[0]
+
+
+async def order_for_user(pool: Executor, user_id: int, order_id: int) -> Order | None:
+    row = await pool.fetchrow(Q.order_for_user, user_id, order_id)
+    return None if row is None else order(row)[0]
+
+
+async def orders_for_user(
+    pool: Executor,
+    user_id: int,
+    *,
+    status: str | None,
+    symbol: str | None,
+    client_order_id: str | None,
+    before: int | None,
+    limit: int,
+) -> list[Order]:
+    rows = await pool.fetch(Q.orders_for_user, user_id, status, symbol, client_order_id, before, limit)
+    return [order(row)[0] for row in rows]
+
+
+async def fill_crossed_orders(
+    pool: Executor, symbol: str, price: Decimal, price_at: datetime, batch: int
+) -> int:
+    """How many resting orders of symbol the price filled, at most batch (one transaction)."""
+    return await pool.fetchval(Q.orders_fill_crossed, symbol, price, price_at, batch)
 
 
 async def audit(pool: Executor) -> list[Violation]:

@@ -28,6 +28,9 @@
 -- As on Binance, the fee is taken from the asset the user receives. The house `market`
 -- account is the counterparty of both legs, the house `fees` account takes the fee.
 --
+-- Funds: an order may spend only what is available, balance - locked (locked: what
+-- resting limit orders reserve, sql/functions/orders.sql).
+--
 -- Locks: the user's base and quote wallets, FOR UPDATE, in asset-code order ("C"
 -- collation: BTC before USDT), whatever the side, so two trades of one user never
 -- deadlock. Missing wallets are created first (lock_trade_wallets, same order).
@@ -227,15 +230,19 @@ DECLARE
     v_first_id       bigint;
     v_first_balance  numeric;
     v_first_ctid     tid;
+    v_first_locked   numeric;
     v_second_id      bigint;
     v_second_balance numeric;
     v_second_ctid    tid;
+    v_second_locked  numeric;
     v_base_id        bigint;
     v_base_balance   numeric;
     v_base_ctid      tid;
+    v_base_locked    numeric;
     v_quote_id       bigint;
     v_quote_balance  numeric;
     v_quote_ctid     tid;
+    v_quote_locked   numeric;
     v_tx_id          bigint;
     v_quantity       numeric;
     v_notional       numeric;  -- what the buyer pays, or what the seller gets before the fee
@@ -254,13 +261,13 @@ BEGIN
         v_first := v_market.quote;
         v_second := v_market.base;
     END IF;
-    SELECT w.id, w.balance, w.ctid INTO v_first_id, v_first_balance, v_first_ctid
+    SELECT w.id, w.balance, w.ctid, w.locked INTO v_first_id, v_first_balance, v_first_ctid, v_first_locked
     FROM accounts AS w
     WHERE w.user_id = p_user_id
       AND w.asset = v_first
     FOR UPDATE;
     IF FOUND THEN
-        SELECT w.id, w.balance, w.ctid INTO v_second_id, v_second_balance, v_second_ctid
+        SELECT w.id, w.balance, w.ctid, w.locked INTO v_second_id, v_second_balance, v_second_ctid, v_second_locked
         FROM accounts AS w
         WHERE w.user_id = p_user_id
           AND w.asset = v_second
@@ -270,6 +277,8 @@ BEGIN
         v_base_id := v_first_id;
         v_base_balance := v_first_balance;
         v_base_ctid := v_first_ctid;
+        v_base_locked := v_first_locked;
+        v_quote_locked := v_second_locked;
         v_quote_id := v_second_id;
         v_quote_balance := v_second_balance;
         v_quote_ctid := v_second_ctid;
@@ -277,6 +286,8 @@ BEGIN
         v_base_id := v_second_id;
         v_base_balance := v_second_balance;
         v_base_ctid := v_second_ctid;
+        v_base_locked := v_second_locked;
+        v_quote_locked := v_first_locked;
         v_quote_id := v_first_id;
         v_quote_balance := v_first_balance;
         v_quote_ctid := v_first_ctid;
@@ -286,8 +297,8 @@ BEGIN
         -- (the second wallet is not locked above unless the first one exists).
         SELECT * INTO v_base_id, v_base_balance, v_quote_id, v_quote_balance
         FROM lock_trade_wallets(p_user_id, v_market.base, v_market.quote);
-        SELECT w.ctid INTO v_base_ctid FROM accounts AS w WHERE w.id = v_base_id;
-        SELECT w.ctid INTO v_quote_ctid FROM accounts AS w WHERE w.id = v_quote_id;
+        SELECT w.ctid, w.locked INTO v_base_ctid, v_base_locked FROM accounts AS w WHERE w.id = v_base_id;
+        SELECT w.ctid, w.locked INTO v_quote_ctid, v_quote_locked FROM accounts AS w WHERE w.id = v_quote_id;
     END IF;
 
     -- The order's checks. A replay is answered whatever they say now (the price may have
@@ -303,7 +314,7 @@ BEGIN
                 RAISE EXCEPTION USING ERRCODE = 'EX011', MESSAGE = 'the order is too small to cover its fee',
                     DETAIL = json_build_object('min_notional', v_market.min_notional::text)::text;
             END IF;
-            PERFORM check_funds(v_market.quote, v_quote_balance, v_notional);
+            PERFORM check_funds(v_market.quote, v_quote_balance - v_quote_locked, v_notional);
             v_base_delta := v_quantity - v_fee;
             v_quote_delta := -v_notional;
             v_base_fee := v_fee;
@@ -314,7 +325,7 @@ BEGIN
                 RAISE EXCEPTION USING ERRCODE = 'EX011', MESSAGE = 'the order is too small to cover its fee',
                     DETAIL = json_build_object('min_notional', v_market.min_notional::text)::text;
             END IF;
-            PERFORM check_funds(v_market.base, v_base_balance, v_quantity);
+            PERFORM check_funds(v_market.base, v_base_balance - v_base_locked, v_quantity);
             v_base_delta := -v_quantity;
             v_quote_delta := v_notional - v_fee;
             v_quote_fee := v_fee;

@@ -16,7 +16,8 @@
 -- answer is replayed if it was the same request (compared by value), else EX005.
 -- An overdraft (EX004) is raised after the insert, which rolls it back.
 --
--- Locks: the user's wallet of p_asset (FOR UPDATE), nothing else.
+-- Locks: the user's wallet of p_asset (FOR UPDATE), nothing else. A withdrawal may take
+-- only the available amount: balance - locked (locked: resting orders, orders.sql).
 -- Errors: EX001, EX002, EX003 (amount and asset), EX004 (withdraw), EX005.
 -- Tuned by: lock_timeout (DB_LOCK_TIMEOUT_MS, set per connection by the application),
 -- assets.scale and assets.max_amount.
@@ -66,6 +67,7 @@ DECLARE
     v_external_id  bigint;
     v_wallet_id    bigint;
     v_balance      numeric;
+    v_locked       numeric := 0::numeric;
     v_tx_id        bigint;
     v_result       movement_result;
 BEGIN
@@ -87,13 +89,14 @@ BEGIN
       AND a.kind = 'external'
       AND a.asset = p_asset;
 
-    SELECT w.id, w.balance INTO v_wallet_id, v_balance
+    SELECT w.id, w.balance, w.locked INTO v_wallet_id, v_balance, v_locked
     FROM accounts AS w
     WHERE w.user_id = p_user_id
       AND w.asset = p_asset
     FOR UPDATE;
     IF NOT FOUND THEN
         SELECT * INTO v_wallet_id, v_balance FROM lock_wallet(p_user_id, p_asset);
+        v_locked := 0;  -- a wallet just made reserves nothing
     END IF;
 
     -- balance_after is known: the wallet is locked. A conflict means a replay.
@@ -112,10 +115,11 @@ BEGIN
     END IF;
 
     -- Raising here also undoes the insert above.
-    IF v_balance + v_delta < 0 THEN
+    -- Only what no resting order reserves is available (balance - locked).
+    IF v_balance - v_locked + v_delta < 0 THEN
         RAISE EXCEPTION USING ERRCODE = 'EX004',
-            MESSAGE = format('insufficient %s: %s available', p_asset, v_balance),
-            DETAIL = json_build_object('asset', p_asset, 'available', v_balance::text,
+            MESSAGE = format('insufficient %s: %s available', p_asset, v_balance - v_locked),
+            DETAIL = json_build_object('asset', p_asset, 'available', (v_balance - v_locked)::text,
                                        'requested', v_amount::text)::text;
     END IF;
 

