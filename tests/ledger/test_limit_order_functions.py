@@ -14,7 +14,7 @@ from decimal import Decimal
 import asyncpg
 import msgspec
 import pytest
-from conftest import audit
+from conftest import audit, fresh_database
 
 from exchange.config import Settings
 from exchange.schemas import Order
@@ -30,11 +30,16 @@ BNB_LIVE = Decimal("600.00")
 
 
 @pytest.fixture(scope="module")
-async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    configured = msgspec.structs.replace(settings, db_pool_min_size=4, db_pool_max_size=CONNECTIONS)
-    pool = await create_pool(configured)
-    yield pool
-    await pool.close()
+async def pool(settings: Settings, service_urls: tuple[str, str]) -> AsyncIterator[asyncpg.Pool]:
+    # A database of its own: the session server's elected feed sweeps every market of the
+    # session database at the stand-in's moving prices, and would fill these orders first.
+    async with fresh_database(service_urls[0]) as url:
+        configured = msgspec.structs.replace(
+            settings, database_url=url, db_pool_min_size=4, db_pool_max_size=CONNECTIONS
+        )
+        pool = await create_pool(configured)
+        yield pool
+        await pool.close()
 
 
 async def funded_user(pool: asyncpg.Pool, usdt: str = "0", bnb: str = "0") -> int:
