@@ -88,10 +88,8 @@ def http_status(code: str) -> int:
     return STATUS_BY_CODE[code]
 
 
-def standard_headers(status: int, retry_after_seconds: int | None = None) -> dict[str, str] | None:
-    """What an answer of a status carries: how to authenticate (401), when to retry."""
-    if status == 401:
-        return {"WWW-Authenticate": "Bearer"}
+def retry_headers(status: int, retry_after_seconds: int | None = None) -> dict[str, str] | None:
+    """When a domain error may be retried: its own time, else 1 s for a 503."""
     if retry_after_seconds is not None:
         return {"Retry-After": str(retry_after_seconds)}
     if status == 503:
@@ -179,6 +177,8 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> Response[ErrorBody]:
     body = ErrorBody(ErrorDetail(code=code, message=message, details=details))
+    if status == 401:  # every 401 says how to authenticate (RFC 9110)
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
     return Response(body, status_code=status, headers=headers)
 
 
@@ -187,7 +187,7 @@ def from_exchange_error(_: Request, exc: ExchangeError) -> Response[ErrorBody]:
         status, headers = exc.status, exc.headers
     else:
         status = http_status(exc.code)
-        headers = standard_headers(status, exc.retry_after_seconds)
+        headers = retry_headers(status, exc.retry_after_seconds)
     return error_response(exc.code, exc.message, status, exc.details, headers)
 
 
@@ -199,10 +199,7 @@ def from_http_exception(_: Request, exc: HTTPException) -> Response[ErrorBody]:
     if isinstance(exc, ValidationException):
         message, details = _validation_failure(exc)
     # Keep Litestar's headers: a 405 must list the allowed methods in `Allow` (RFC 9110).
-    headers = dict(exc.headers or {})
-    if status == 401:
-        headers["WWW-Authenticate"] = "Bearer"
-    return error_response(code, message, status, details, headers or None)
+    return error_response(code, message, status, details, dict(exc.headers or {}) or None)
 
 
 # Litestar's message for a missing parameter: "Missing required header parameter
@@ -243,7 +240,7 @@ def from_postgres_error(_: Request, exc: asyncpg.PostgresError) -> Response[Erro
         code = SQLSTATE_CODES[sqlstate]
         status = http_status(code)
         details = _json_details(exc.detail)
-        return error_response(code, exc.message, status, details, standard_headers(status))
+        return error_response(code, exc.message, status, details, retry_headers(status))
     constraint = getattr(exc, "constraint_name", None)
     if sqlstate == "23505" and constraint in UNIQUE_CODES:
         code, message = UNIQUE_CODES[constraint]
@@ -255,12 +252,7 @@ def from_postgres_error(_: Request, exc: asyncpg.PostgresError) -> Response[Erro
     if sqlstate == "23503" and (constraint or "").endswith("user_id_fkey"):
         # A row for a user who no longer exists (deleted by a DBA): their token is
         # refused everywhere once the workers reload (users_deleted), and at once here.
-        return error_response(
-            "unauthorized",
-            "the access token's user no longer exists",
-            401,
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        return error_response("unauthorized", "the access token's user no longer exists", 401)
     if sqlstate.startswith("23"):
         # Any other integrity constraint (class 23): the data's rules refused the request,
         # nothing was written. The constraint's name says which, in the log only.

@@ -215,26 +215,33 @@ async def apply_function_files(
         await conn.execute(BOOKKEEPING_DDL)
         for f in to_apply:
             await conn.execute(f.text)
-            defined = [obj for obj in await catalog(conn) if obj.object_name in f.objects]
-            await conn.execute(
-                """
-                INSERT INTO schema_function_files (file, checksum) VALUES ($1, $2)
-                ON CONFLICT (file) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = now()
-                """,
-                f.name,
-                f.checksum,
-            )
-            await conn.execute("DELETE FROM schema_function_objects WHERE file = $1", f.name)
-            await conn.executemany(
-                """
-                INSERT INTO schema_function_objects (identity, kind, file, definition_sha)
-                VALUES ($1, $2, $3, $4)
-                ON CONFLICT (identity) DO UPDATE
-                SET kind = EXCLUDED.kind, file = EXCLUDED.file, definition_sha = EXCLUDED.definition_sha
-                """,
-                [(obj.identity, obj.kind, f.name, obj.definition_sha) for obj in defined],
-            )
             log.info("applied function file %s", f.name)
+        # What each file defines, as PostgreSQL prints it now (one catalog read for all).
+        current = await catalog(conn)
+        await conn.executemany(
+            """
+            INSERT INTO schema_function_files (file, checksum) VALUES ($1, $2)
+            ON CONFLICT (file) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = now()
+            """,
+            [(f.name, f.checksum) for f in to_apply],
+        )
+        await conn.execute(
+            "DELETE FROM schema_function_objects WHERE file = ANY($1::text[])", [f.name for f in to_apply]
+        )
+        await conn.executemany(
+            """
+            INSERT INTO schema_function_objects (identity, kind, file, definition_sha)
+            VALUES ($1, $2, $3, $4)
+            ON CONFLICT (identity) DO UPDATE
+            SET kind = EXCLUDED.kind, file = EXCLUDED.file, definition_sha = EXCLUDED.definition_sha
+            """,
+            [
+                (obj.identity, obj.kind, f.name, obj.definition_sha)
+                for f in to_apply
+                for obj in current
+                if obj.object_name in f.objects
+            ],
+        )
     return [f.name for f in to_apply], plan
 
 

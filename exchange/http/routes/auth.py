@@ -90,12 +90,7 @@ async def token(
 
 
 def invalid_credentials() -> HTTPError:
-    return HTTPError(
-        "invalid_credentials",
-        "wrong email or password",
-        401,
-        headers={"WWW-Authenticate": "Bearer"},
-    )
+    return HTTPError("invalid_credentials", "wrong email or password", 401)
 
 
 @post(

@@ -33,17 +33,10 @@ async def metrics_endpoint(
     settings = services.settings
     token = settings.metrics_token
     if not token and settings.exchange_env == "production":
-        raise HTTPError(
-            "unauthorized",
-            "/metrics is closed in production until METRICS_TOKEN is set",
-            401,
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise HTTPError("unauthorized", "/metrics is closed in production until METRICS_TOKEN is set", 401)
     given = request.headers.get("authorization", "").encode("latin-1")
     if token and not hmac.compare_digest(given, f"Bearer {token}".encode()):
-        raise HTTPError(
-            "unauthorized", "this endpoint needs METRICS_TOKEN", 401, headers={"WWW-Authenticate": "Bearer"}
-        )
+        raise HTTPError("unauthorized", "this endpoint needs METRICS_TOKEN", 401)
     quotes = await services.prices.read_all()
     prices = price_ages({s: q.fetched_at_ms for s, q in quotes.items()}, int(time.time() * 1000))
     # The multiprocess collector reads every worker's files: off the event loop.
